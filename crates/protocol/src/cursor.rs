@@ -1,0 +1,117 @@
+use crate::ProtocolError;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// Identifies one incarnation of a room log. It changes only when the log
+/// is lost or recreated, which is how a client learns that its cursor no
+/// longer means anything.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Epoch(Arc<str>);
+
+impl Epoch {
+    /// Epochs are `[A-Za-z0-9]{1,32}` so that a cursor splits unambiguously
+    /// at its `:`.
+    pub fn parse(epoch: &str) -> Result<Self, ProtocolError> {
+        if epoch.is_empty() || epoch.len() > 32 || !epoch.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(ProtocolError::BadCursor(format!("bad epoch {epoch:?}")));
+        }
+        Ok(Self(Arc::from(epoch)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// A position in a room log, written `<epoch>:<offset>`.
+///
+/// Offset 0 is the position before the first event, so the cursor of an
+/// empty room is `<epoch>:0` and every stored event has an offset ≥ 1.
+///
+/// ```
+/// use switchboard_protocol::Cursor;
+/// let c: Cursor = "k3x9:42".parse().unwrap();
+/// assert_eq!(c.offset(), 42);
+/// assert_eq!(c.to_string(), "k3x9:42");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Cursor {
+    epoch: Epoch,
+    offset: u64,
+}
+
+impl Cursor {
+    pub fn new(epoch: Epoch, offset: u64) -> Self {
+        Self { epoch, offset }
+    }
+
+    pub fn epoch(&self) -> &Epoch {
+        &self.epoch
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = ProtocolError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (epoch, offset) = s
+            .split_once(':')
+            .ok_or_else(|| ProtocolError::BadCursor(format!("{s:?} is not <epoch>:<offset>")))?;
+        let offset = offset
+            .parse::<u64>()
+            .map_err(|_| ProtocolError::BadCursor(format!("bad offset in {s:?}")))?;
+        Ok(Self {
+            epoch: Epoch::parse(epoch)?,
+            offset,
+        })
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.offset)
+    }
+}
+
+impl fmt::Debug for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cursor({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let c: Cursor = "abc123:7".parse().expect("valid cursor");
+        assert_eq!(c.epoch().as_str(), "abc123");
+        assert_eq!(c.to_string(), "abc123:7");
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in ["", "7", ":7", "e:", "e:-1", "e:x", "a:b:1", "e f:1", "e.1:2"] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
+        }
+    }
+}
