@@ -1,0 +1,273 @@
+//! Who is connecting, and which rooms they may use (spec §7).
+//!
+//! An [`Authenticator`] turns the credentials a transport found (bearer
+//! token, `access_token` query parameter, gRPC metadata) into an
+//! [`Identity`]. Without a configured key everyone is anonymous and names
+//! themselves with `?user=`; with a key every request needs a valid JWT.
+//! Transports decide where a token comes from; this crate decides whether
+//! it is good and what it allows.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+use rand::Rng;
+use serde::Deserialize;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use switchboard_protocol::{ErrorCode, RoomName};
+
+/// Longest user name; names appear in every event.
+pub const MAX_USER_LEN: usize = 64;
+
+/// Why credentials were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("a token is required (Authorization: Bearer, access_token query parameter or authorization metadata)")]
+    MissingToken,
+    #[error("token has expired")]
+    Expired,
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    #[error("invalid user name: {0}")]
+    BadUser(String),
+    #[error("invalid auth configuration: {0}")]
+    Config(String),
+}
+
+impl AuthError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AuthError::BadUser(_) => ErrorCode::BadFrame,
+            _ => ErrorCode::Unauthorized,
+        }
+    }
+}
+
+/// A room pattern from a token: an exact name, or a prefix ending in `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RoomPattern(String);
+
+impl RoomPattern {
+    fn matches(&self, room: &RoomName) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => room.as_str().starts_with(prefix),
+            None => room.as_str() == self.0,
+        }
+    }
+}
+
+/// An authenticated (or anonymous) user and what they may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    /// When the credentials stop being valid; connections close then.
+    pub expires_at: Option<SystemTime>,
+    subscribe: Option<Vec<RoomPattern>>,
+    publish: Option<Vec<RoomPattern>>,
+}
+
+impl Identity {
+    /// An anonymous user allowed everywhere.
+    pub fn anonymous(user: impl Into<String>) -> Self {
+        Self {
+            user: user.into(),
+            expires_at: None,
+            subscribe: None,
+            publish: None,
+        }
+    }
+
+    /// May this user subscribe to (and read history/presence of) `room`?
+    pub fn can_subscribe(&self, room: &RoomName) -> bool {
+        allowed(self.subscribe.as_deref(), room)
+    }
+
+    pub fn can_publish(&self, room: &RoomName) -> bool {
+        allowed(self.publish.as_deref(), room)
+    }
+
+    pub fn is_expired(&self) -> bool {
+        self.expires_at.is_some_and(|at| at <= SystemTime::now())
+    }
+}
+
+fn allowed(patterns: Option<&[RoomPattern]>, room: &RoomName) -> bool {
+    patterns.is_none_or(|ps| ps.iter().any(|p| p.matches(room)))
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    rooms: Option<Vec<String>>,
+    #[serde(default)]
+    publish: Option<Vec<String>>,
+}
+
+/// Validates credentials; cheap to share behind an `Arc`.
+pub enum Authenticator {
+    Anonymous,
+    Jwt {
+        key: Box<DecodingKey>,
+        validation: Box<Validation>,
+    },
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Authenticator::Anonymous => f.write_str("Authenticator::Anonymous"),
+            Authenticator::Jwt { validation, .. } => {
+                write!(f, "Authenticator::Jwt({:?})", validation.algorithms)
+            }
+        }
+    }
+}
+
+impl Authenticator {
+    /// HS256 with a shared secret.
+    pub fn hs256(secret: &[u8]) -> Result<Self, AuthError> {
+        if secret.len() < 16 {
+            return Err(AuthError::Config(
+                "the JWT secret must be at least 16 bytes".into(),
+            ));
+        }
+        Ok(Self::jwt(DecodingKey::from_secret(secret), Algorithm::HS256))
+    }
+
+    /// RS256 or ES256, whichever the PEM public key is.
+    pub fn public_key_pem(pem: &[u8]) -> Result<Self, AuthError> {
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            return Ok(Self::jwt(key, Algorithm::RS256));
+        }
+        DecodingKey::from_ec_pem(pem)
+            .map(|key| Self::jwt(key, Algorithm::ES256))
+            .map_err(|err| {
+                AuthError::Config(format!("public key is neither RSA nor EC PEM: {err}"))
+            })
+    }
+
+    fn jwt(key: DecodingKey, alg: Algorithm) -> Self {
+        let mut validation = Validation::new(alg);
+        validation.set_required_spec_claims(&["sub", "exp"]);
+        // Expiry is exact: connections are closed at `exp`, so admitting a
+        // token inside a leeway would only let it in to be closed at once.
+        validation.leeway = 0;
+        validation.validate_aud = false;
+        Self::Jwt {
+            key: Box::new(key),
+            validation: Box::new(validation),
+        }
+    }
+
+    pub fn requires_token(&self) -> bool {
+        matches!(self, Authenticator::Jwt { .. })
+    }
+
+    /// Checks a request's credentials. `requested_user` is `?user=`, only
+    /// honoured for anonymous access.
+    pub fn authenticate(
+        &self,
+        token: Option<&str>,
+        requested_user: Option<&str>,
+    ) -> Result<Identity, AuthError> {
+        match self {
+            Authenticator::Anonymous => match requested_user {
+                Some(user) => Ok(Identity::anonymous(validate_user(user)?)),
+                None => Ok(Identity::anonymous(guest_name())),
+            },
+            Authenticator::Jwt { key, validation } => {
+                let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::MissingToken)?;
+                let data = decode::<Claims>(token, key, validation).map_err(|err| {
+                    match err.kind() {
+                        jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                        _ => AuthError::InvalidToken(err.to_string()),
+                    }
+                })?;
+                let claims = data.claims;
+                let user = validate_user(&claims.sub)?;
+                let subscribe = claims
+                    .rooms
+                    .map(|rs| rs.into_iter().map(RoomPattern).collect::<Vec<_>>());
+                let publish = claims
+                    .publish
+                    .map(|ps| ps.into_iter().map(RoomPattern).collect())
+                    .or_else(|| subscribe.clone());
+                Ok(Identity {
+                    user,
+                    expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+                    subscribe,
+                    publish,
+                })
+            }
+        }
+    }
+}
+
+fn validate_user(user: &str) -> Result<String, AuthError> {
+    if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
+        return Err(AuthError::BadUser(format!(
+            "must be 1-{MAX_USER_LEN} bytes without control characters"
+        )));
+    }
+    Ok(user.to_owned())
+}
+
+fn guest_name() -> String {
+    format!("guest-{:06x}", rand::rng().random_range(0..0x100_0000u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn token(claims: serde_json::Value) -> String {
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET))
+            .expect("encodes")
+    }
+
+    fn now() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+    }
+
+    fn room(r: &str) -> RoomName {
+        RoomName::parse(r).expect("room")
+    }
+
+    #[test]
+    fn anonymous_takes_requested_name_or_generates_one() {
+        let auth = Authenticator::Anonymous;
+        assert_eq!(auth.authenticate(None, Some("alice")).expect("ok").user, "alice");
+        assert!(auth.authenticate(None, None).expect("ok").user.starts_with("guest-"));
+        assert!(auth.authenticate(None, Some("")).is_err());
+    }
+
+    #[test]
+    fn jwt_rooms_and_publish_patterns() {
+        let auth = Authenticator::hs256(SECRET).expect("config");
+        let t = token(json!({"sub":"bob","exp":now()+60,"rooms":["team-*","lobby"],"publish":["lobby"]}));
+        let id = auth.authenticate(Some(&t), Some("mallory")).expect("valid");
+        assert_eq!(id.user, "bob");
+        assert!(id.can_subscribe(&room("team-a")) && id.can_subscribe(&room("lobby")));
+        assert!(!id.can_subscribe(&room("other")));
+        assert!(id.can_publish(&room("lobby")) && !id.can_publish(&room("team-a")));
+        let t = token(json!({"sub":"bob","exp":now()+60,"rooms":["a*"]}));
+        let id = auth.authenticate(Some(&t), None).expect("valid");
+        assert!(id.can_publish(&room("abc")) && !id.can_publish(&room("b")), "publish defaults to rooms");
+    }
+
+    #[test]
+    fn jwt_rejections() {
+        let auth = Authenticator::hs256(SECRET).expect("config");
+        assert_eq!(auth.authenticate(None, None), Err(AuthError::MissingToken));
+        let expired = token(json!({"sub":"bob","exp":now()-5}));
+        assert_eq!(auth.authenticate(Some(&expired), None), Err(AuthError::Expired));
+        let no_sub = token(json!({"exp":now()+60}));
+        assert!(matches!(auth.authenticate(Some(&no_sub), None), Err(AuthError::InvalidToken(_))));
+        assert!(matches!(auth.authenticate(Some("garbage"), None), Err(AuthError::InvalidToken(_))));
+        let other = encode(&Header::new(Algorithm::HS256), &json!({"sub":"x","exp":now()+60}), &EncodingKey::from_secret(b"another-secret-of-32-bytes-xxxxx")).expect("enc");
+        assert!(matches!(auth.authenticate(Some(&other), None), Err(AuthError::InvalidToken(_))));
+    }
+}

@@ -1,0 +1,95 @@
+use crate::{Bus, BusError, FeedItem, LiveFeed, PublishAck};
+use async_trait::async_trait;
+use futures::StreamExt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use switchboard_core::{Core, CoreConfig, HistoryQuery, PublishRequest, Resume};
+use switchboard_protocol::{Cursor, RoomName, SharedEvent};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+/// The core in this process: every call is a direct, non-blocking call into
+/// [`Core`], and live feeds are the core's per-room broadcast channels.
+pub struct MemoryBus {
+    core: Arc<Core>,
+}
+
+impl MemoryBus {
+    /// Creates the bus and a background sweeper that forgets idle rooms;
+    /// the sweeper ends when the bus is dropped. Needs a Tokio runtime.
+    pub fn new(config: CoreConfig) -> Arc<Self> {
+        let core = Arc::new(Core::new(config));
+        spawn_sweeper(Arc::downgrade(&core), Duration::from_secs(60));
+        Arc::new(Self { core })
+    }
+
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+}
+
+fn spawn_sweeper(core: Weak<Core>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(core) = core.upgrade() else { break };
+            let removed = core.sweep();
+            if removed > 0 {
+                tracing::debug!(removed, "swept idle rooms");
+            }
+        }
+    });
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    async fn publish(&self, req: PublishRequest) -> Result<PublishAck, BusError> {
+        let outcome = self.core.publish(req)?;
+        Ok(PublishAck {
+            cursor: outcome.cursor,
+            duplicate: outcome.duplicate,
+        })
+    }
+
+    async fn resume(&self, room: &RoomName, since: Option<&Cursor>) -> Result<Resume, BusError> {
+        Ok(self.core.resume(room, since))
+    }
+
+    async fn feed(&self, room: &RoomName) -> Result<LiveFeed, BusError> {
+        let (_, feed) = self.core.subscribe(room, None);
+        Ok(BroadcastStream::new(feed)
+            .map(|item| match item {
+                Ok(event) => FeedItem::Event(event),
+                Err(BroadcastStreamRecvError::Lagged(_)) => FeedItem::Lagged,
+            })
+            .boxed())
+    }
+
+    async fn history(
+        &self,
+        room: &RoomName,
+        query: HistoryQuery,
+    ) -> Result<Vec<Arc<SharedEvent>>, BusError> {
+        Ok(self.core.history(room, &query)?)
+    }
+
+    async fn presence(&self, room: &RoomName) -> Result<Vec<String>, BusError> {
+        Ok(self.core.presence(room))
+    }
+
+    async fn join(&self, room: &RoomName, user: &str, conn: &str) -> Result<(), BusError> {
+        self.core.join(room, user, conn);
+        Ok(())
+    }
+
+    async fn leave(&self, room: &RoomName, user: &str, conn: &str) -> Result<(), BusError> {
+        self.core.leave(room, user, conn);
+        Ok(())
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
