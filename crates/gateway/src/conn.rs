@@ -1,0 +1,247 @@
+//! The queue between the hub/session and one connection's writer, and the
+//! writer-side bookkeeping that turns it into an ordered, gap-free,
+//! duplicate-free stream per room.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use switchboard_protocol::frames::ServerFrame;
+use switchboard_protocol::{Cursor, RoomName, SharedEvent};
+use tokio_util::sync::CancellationToken;
+
+/// Why the server ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The outbound queue overflowed (spec: close 4008).
+    SlowConsumer,
+    /// The server is shutting down (close 1012).
+    Shutdown,
+    /// The token's `exp` passed (close 4001).
+    TokenExpired,
+    /// A frame exceeded the size limit (close 1009).
+    TooLarge,
+    /// The peer stopped answering pings.
+    PingTimeout,
+    /// The live feed of a room was lost; the client must resume.
+    FeedLost,
+}
+
+/// Lets the hub, timers and the server end a connection with a reason.
+/// The first reason wins.
+#[derive(Debug, Default)]
+pub struct ConnControl {
+    token: CancellationToken,
+    reason: OnceLock<CloseReason>,
+}
+
+impl ConnControl {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    pub fn reason(&self) -> Option<CloseReason> {
+        self.reason.get().copied()
+    }
+
+    pub async fn closed(&self) -> CloseReason {
+        self.token.cancelled().await;
+        self.reason().unwrap_or(CloseReason::Shutdown)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// What is queued for a connection's writer, in order.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A live event of a room the connection is subscribed to.
+    Event(Arc<SharedEvent>),
+    /// A subscription is starting: hold this room's live events until
+    /// [`Outbound::Subscribed`] says where replay ends.
+    Subscribing(RoomName),
+    /// The subscription is live: send `subscribed`, then `replay`, then the
+    /// held live events that come after it.
+    Subscribed {
+        room: RoomName,
+        head: Cursor,
+        recovered: bool,
+        replay: Vec<Arc<SharedEvent>>,
+    },
+    /// Stop delivering the room, then send `frame` (an `unsubscribed`
+    /// confirmation or the error that ended a failed subscribe).
+    Ended(RoomName, ServerFrame),
+    /// Any other reply, in order with the events.
+    Frame(ServerFrame),
+}
+
+/// What a transport writes, in order.
+#[derive(Debug)]
+pub enum Deliver {
+    Event(Arc<SharedEvent>),
+    Frame(ServerFrame),
+}
+
+enum RoomDelivery {
+    Holding(Vec<Arc<SharedEvent>>),
+    Live(Cursor),
+}
+
+/// Writer-side state: per room, either holding live events while a
+/// subscription replays, or live with the last cursor written. Events at or
+/// before that cursor are dropped, which is what makes replay + live
+/// exactly-once.
+pub struct Delivery {
+    rooms: HashMap<RoomName, RoomDelivery>,
+    max_held: usize,
+}
+
+/// A connection held more live events during a replay than its queue
+/// allows: it is a slow consumer.
+#[derive(Debug)]
+pub struct Overflow;
+
+impl Delivery {
+    pub fn new(max_held: usize) -> Self {
+        Self {
+            rooms: HashMap::new(),
+            max_held,
+        }
+    }
+
+    /// Turns one queued item into what to write, appended to `out`.
+    pub fn accept(&mut self, item: Outbound, out: &mut Vec<Deliver>) -> Result<(), Overflow> {
+        match item {
+            Outbound::Event(event) => {
+                let room = event.event().room.clone();
+                match self.rooms.get_mut(&room) {
+                    Some(RoomDelivery::Holding(held)) => {
+                        if held.len() >= self.max_held {
+                            return Err(Overflow);
+                        }
+                        held.push(event);
+                    }
+                    Some(RoomDelivery::Live(last)) => {
+                        if is_new(last, &event) {
+                            *last = event.event().cursor.clone();
+                            out.push(Deliver::Event(event));
+                        }
+                    }
+                    // Unsubscribed meanwhile: a stale event.
+                    None => {}
+                }
+            }
+            Outbound::Subscribing(room) => {
+                self.rooms.insert(room, RoomDelivery::Holding(Vec::new()));
+            }
+            Outbound::Subscribed {
+                room,
+                head,
+                recovered,
+                replay,
+            } => {
+                let held = match self.rooms.remove(&room) {
+                    Some(RoomDelivery::Holding(held)) => held,
+                    _ => Vec::new(),
+                };
+                out.push(Deliver::Frame(ServerFrame::Subscribed {
+                    room: room.to_string(),
+                    cursor: head.to_string(),
+                    recovered,
+                }));
+                // Replay is exactly (since, head]; held live events may
+                // repeat its tail and are filtered against the head.
+                out.extend(replay.into_iter().map(Deliver::Event));
+                let mut last = head;
+                for event in held {
+                    if is_new(&last, &event) {
+                        last = event.event().cursor.clone();
+                        out.push(Deliver::Event(event));
+                    }
+                }
+                self.rooms.insert(room, RoomDelivery::Live(last));
+            }
+            Outbound::Ended(room, frame) => {
+                self.rooms.remove(&room);
+                out.push(Deliver::Frame(frame));
+            }
+            Outbound::Frame(frame) => out.push(Deliver::Frame(frame)),
+        }
+        Ok(())
+    }
+}
+
+/// Replayed events run up to the head and held ones may repeat them; a
+/// different epoch means the room log was recreated and everything is new.
+fn is_new(last: &Cursor, event: &SharedEvent) -> bool {
+    let cursor = &event.event().cursor;
+    cursor.epoch() != last.epoch() || cursor.offset() > last.offset()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_protocol::{Event, EventKind};
+
+    fn ev(offset: u64) -> Arc<SharedEvent> {
+        SharedEvent::new(Event {
+            room: RoomName::parse("r").expect("room"),
+            cursor: format!("e:{offset}").parse().expect("cursor"),
+            prev_offset: offset - 1,
+            user: "u".into(),
+            kind: EventKind::Join,
+            ts_unix_ms: 0,
+        })
+    }
+
+    fn offsets(out: &[Deliver]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|d| match d {
+                Deliver::Event(e) => Some(e.offset()),
+                Deliver::Frame(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replay_then_held_live_without_duplicates() {
+        let room = RoomName::parse("r").expect("room");
+        let mut d = Delivery::new(10);
+        let mut out = Vec::new();
+        d.accept(Outbound::Subscribing(room.clone()), &mut out).expect("ok");
+        for o in [4, 5, 6] {
+            d.accept(Outbound::Event(ev(o)), &mut out).expect("ok");
+        }
+        assert!(out.is_empty(), "held until subscribed");
+        d.accept(
+            Outbound::Subscribed {
+                room: room.clone(),
+                head: "e:5".parse().expect("cursor"),
+                recovered: true,
+                replay: vec![ev(3), ev(4), ev(5)],
+            },
+            &mut out,
+        )
+        .expect("ok");
+        d.accept(Outbound::Event(ev(6)), &mut out).expect("ok");
+        d.accept(Outbound::Event(ev(7)), &mut out).expect("ok");
+        assert!(matches!(out[0], Deliver::Frame(ServerFrame::Subscribed { .. })));
+        assert_eq!(offsets(&out), vec![3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn holding_too_much_is_overflow() {
+        let room = RoomName::parse("r").expect("room");
+        let mut d = Delivery::new(2);
+        let mut out = Vec::new();
+        d.accept(Outbound::Subscribing(room), &mut out).expect("ok");
+        d.accept(Outbound::Event(ev(1)), &mut out).expect("ok");
+        d.accept(Outbound::Event(ev(2)), &mut out).expect("ok");
+        assert!(d.accept(Outbound::Event(ev(3)), &mut out).is_err());
+    }
+}

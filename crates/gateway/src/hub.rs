@@ -1,0 +1,259 @@
+//! The hub indexes this process's connections by room and fans each live
+//! event out to them.
+//!
+//! A room is watched (one bus feed) only while a local connection needs it,
+//! reference-counted by its subscribers. Each watched room has one task
+//! that reads the feed in order, repairs gaps from history, and pushes the
+//! shared event into every subscriber's bounded queue with `try_send`: a
+//! full queue closes that connection as a slow consumer and never slows
+//! the others. The only locks per event are the room's own.
+
+use crate::conn::{CloseReason, ConnControl, Outbound};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use switchboard_bus::{Bus, BusError, FeedItem};
+use switchboard_protocol::{Cursor, RoomName, SharedEvent};
+use switchboard_telemetry::names;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+/// A connection's end of the fan-out.
+#[derive(Clone, Debug)]
+pub struct Subscriber {
+    pub tx: mpsc::Sender<Outbound>,
+    pub control: Arc<ConnControl>,
+}
+
+type Subscribers = Arc<RwLock<HashMap<u64, Subscriber>>>;
+
+#[derive(Clone, Debug)]
+enum FeedState {
+    Starting,
+    Live,
+    Failed(BusError),
+}
+
+struct WatchedRoom {
+    subscribers: Subscribers,
+    state: watch::Receiver<FeedState>,
+    task: AbortHandle,
+}
+
+/// Local subscriptions of one gateway process.
+pub struct Hub {
+    bus: Arc<dyn Bus>,
+    rooms: Mutex<HashMap<RoomName, WatchedRoom>>,
+}
+
+impl Hub {
+    pub fn new(bus: Arc<dyn Bus>) -> Self {
+        Self {
+            bus,
+            rooms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Adds `conn` to the room's fan-out and returns once the room's feed
+    /// is live, so that a history query made afterwards cannot miss an
+    /// event. On failure the connection is not subscribed.
+    pub async fn subscribe(
+        &self,
+        room: &RoomName,
+        conn: u64,
+        subscriber: Subscriber,
+    ) -> Result<(), BusError> {
+        let mut state = {
+            let mut rooms = self.rooms.lock().unwrap_or_else(PoisonError::into_inner);
+            let watched = rooms
+                .entry(room.clone())
+                .or_insert_with(|| self.watch(room));
+            write(&watched.subscribers).insert(conn, subscriber);
+            watched.state.clone()
+        };
+        let outcome = match state
+            .wait_for(|s| !matches!(s, FeedState::Starting))
+            .await
+        {
+            Ok(s) => match &*s {
+                FeedState::Failed(err) => Err(err.clone()),
+                _ => Ok(()),
+            },
+            Err(_) => Err(BusError::Unavailable("room feed stopped".into())),
+        };
+        if outcome.is_err() {
+            self.unsubscribe(room, conn);
+        }
+        outcome
+    }
+
+    /// Removes `conn`; the last subscriber stops watching the room.
+    pub fn unsubscribe(&self, room: &RoomName, conn: u64) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(watched) = rooms.get(room) else {
+            return;
+        };
+        let now_empty = {
+            let mut subs = write(&watched.subscribers);
+            subs.remove(&conn);
+            subs.is_empty()
+        };
+        if now_empty && let Some(watched) = rooms.remove(room) {
+            watched.task.abort();
+        }
+    }
+
+    /// Rooms watched right now (for tests and metrics).
+    pub fn watched_rooms(&self) -> usize {
+        self.rooms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    fn watch(&self, room: &RoomName) -> WatchedRoom {
+        let subscribers: Subscribers = Arc::default();
+        let (state_tx, state) = watch::channel(FeedState::Starting);
+        let task = tokio::spawn(run_room(
+            self.bus.clone(),
+            room.clone(),
+            subscribers.clone(),
+            state_tx,
+        ))
+        .abort_handle();
+        WatchedRoom {
+            subscribers,
+            state,
+            task,
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let rooms = self.rooms.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for (_, watched) in rooms.drain() {
+            watched.task.abort();
+        }
+    }
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The one reader of a room's feed in this process.
+async fn run_room(
+    bus: Arc<dyn Bus>,
+    room: RoomName,
+    subscribers: Subscribers,
+    state: watch::Sender<FeedState>,
+) {
+    let mut feed = match bus.feed(&room).await {
+        Ok(feed) => feed,
+        Err(err) => {
+            state.send_replace(FeedState::Failed(err));
+            return;
+        }
+    };
+    state.send_replace(FeedState::Live);
+    let mut room_feed = RoomFanOut {
+        bus: bus.as_ref(),
+        room: &room,
+        subscribers: &subscribers,
+        last: None,
+    };
+    while let Some(item) = feed.next().await {
+        let outcome = match item {
+            FeedItem::Event(event) => room_feed.on_event(event).await,
+            FeedItem::Lagged => room_feed.repair().await,
+        };
+        if let Err(why) = outcome {
+            tracing::warn!(%room, %why, "live feed cannot be repaired; subscribers must resume");
+            room_feed.close_all(CloseReason::FeedLost);
+            room_feed.last = None;
+        }
+    }
+    tracing::warn!(%room, "live feed ended");
+    state.send_replace(FeedState::Failed(BusError::Unavailable(
+        "live feed of the room ended".into(),
+    )));
+    room_feed.close_all(CloseReason::FeedLost);
+}
+
+struct RoomFanOut<'a> {
+    bus: &'a dyn Bus,
+    room: &'a RoomName,
+    subscribers: &'a Subscribers,
+    /// Cursor of the last event handed to subscribers.
+    last: Option<Cursor>,
+}
+
+impl RoomFanOut<'_> {
+    async fn on_event(&mut self, event: Arc<SharedEvent>) -> Result<(), String> {
+        if let Some(last) = &self.last
+            && last.epoch() == event.event().cursor.epoch()
+        {
+            if event.offset() <= last.offset() {
+                return Ok(()); // already delivered by a repair
+            }
+            if event.event().prev_offset > last.offset() {
+                self.repair().await?;
+                if self.last.as_ref().is_some_and(|l| event.offset() <= l.offset()) {
+                    return Ok(());
+                }
+            }
+        }
+        self.deliver(event);
+        Ok(())
+    }
+
+    /// Fetches what the feed skipped since the last delivered event.
+    async fn repair(&mut self) -> Result<(), String> {
+        let Some(last) = self.last.clone() else {
+            // Nothing delivered yet, so nothing to continue from: every
+            // subscriber resumes on its own cursor instead.
+            return Err("feed lagged before its first event".into());
+        };
+        metrics::counter!(names::GAP_REPAIRS).increment(1);
+        let resume = self
+            .bus
+            .resume(self.room, Some(&last))
+            .await
+            .map_err(|err| err.to_string())?;
+        if !resume.recovered {
+            return Err(format!("history no longer holds events after {last}"));
+        }
+        for event in resume.events {
+            if event.offset() > self.last.as_ref().map_or(0, Cursor::offset) {
+                self.deliver(event);
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, event: Arc<SharedEvent>) {
+        self.last = Some(event.event().cursor.clone());
+        for subscriber in read(self.subscribers).values() {
+            if subscriber.control.is_closed() {
+                continue;
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                subscriber.tx.try_send(Outbound::Event(event.clone()))
+            {
+                metrics::counter!(names::SLOW_CONSUMER_DROPS).increment(1);
+                subscriber.control.close(CloseReason::SlowConsumer);
+            }
+        }
+    }
+
+    fn close_all(&self, reason: CloseReason) {
+        for subscriber in read(self.subscribers).values() {
+            subscriber.control.close(reason);
+        }
+    }
+}

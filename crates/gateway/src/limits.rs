@@ -1,0 +1,39 @@
+use std::time::Duration;
+
+/// Per-connection limits (spec §6). Every transport enforces the same ones.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Longest message text, bytes.
+    pub max_text_bytes: usize,
+    /// Largest WebSocket frame / HTTP body / gRPC message, bytes.
+    pub max_frame_bytes: usize,
+    /// Rooms one connection may be subscribed to at once.
+    pub max_rooms_per_connection: usize,
+    /// Sustained publishes per second per connection.
+    pub publish_rate: f64,
+    /// Publishes allowed in a burst before the rate applies.
+    pub publish_burst: f64,
+    /// Events queued for one connection before it counts as a slow consumer.
+    pub outbound_queue: usize,
+    /// WebSocket ping interval; a peer silent for `ping_timeout` is dropped.
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// SSE heartbeat interval (the spec requires ≤ 15 s).
+    pub sse_heartbeat: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_text_bytes: 4 * 1024,
+            max_frame_bytes: 64 * 1024,
+            max_rooms_per_connection: 100,
+            publish_rate: 50.0,
+            publish_burst: 100.0,
+            outbound_queue: 1024,
+            ping_interval: Duration::from_secs(20),
+            ping_timeout: Duration::from_secs(45),
+            sse_heartbeat: Duration::from_secs(15),
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! One client connection speaking the Switchboard protocol, whatever the
+//! transport. A transport parses frames into [`ClientFrame`]s, hands them
+//! to [`Session::handle`], and writes what arrives on the session's queue;
+//! everything the protocol decides happens here, once.
+
+use crate::conn::{CloseReason, ConnControl, Outbound};
+use crate::hub::Subscriber;
+use crate::ratelimit::TokenBucket;
+use crate::{Gateway, GatewayError, Transport};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+use switchboard_auth::Identity;
+use switchboard_bus::PublishAck;
+use switchboard_protocol::frames::{BadFrame, ClientFrame, ServerFrame};
+use switchboard_protocol::{Cursor, ErrorCode, RoomName};
+use switchboard_telemetry::names;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+/// The protocol state of one connection.
+pub struct Session {
+    gateway: Arc<Gateway>,
+    id: u64,
+    /// Unique across gateway processes: presence is counted per connection.
+    conn_key: String,
+    identity: Identity,
+    transport: Transport,
+    rooms: HashSet<RoomName>,
+    bucket: TokenBucket,
+    tx: mpsc::Sender<Outbound>,
+    control: Arc<ConnControl>,
+    expiry: Option<AbortHandle>,
+}
+
+impl Session {
+    pub(crate) fn new(
+        gateway: Arc<Gateway>,
+        id: u64,
+        conn_key: String,
+        identity: Identity,
+        transport: Transport,
+    ) -> (Self, mpsc::Receiver<Outbound>) {
+        let limits = gateway.limits();
+        let (tx, rx) = mpsc::channel(limits.outbound_queue.max(1));
+        let bucket = TokenBucket::new(limits.publish_rate, limits.publish_burst);
+        let control = ConnControl::new();
+        let expiry = identity.expires_at.map(|at| {
+            let control = control.clone();
+            let wait = at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                control.close(CloseReason::TokenExpired);
+            })
+            .abort_handle()
+        });
+        metrics::gauge!(names::CONNECTIONS, "transport" => transport.as_str()).increment(1.0);
+        metrics::counter!(names::CONNECTIONS_TOTAL, "transport" => transport.as_str())
+            .increment(1);
+        let session = Self {
+            gateway,
+            id,
+            conn_key,
+            identity,
+            transport,
+            rooms: HashSet::new(),
+            bucket,
+            tx,
+            control,
+            expiry,
+        };
+        (session, rx)
+    }
+
+    pub fn control(&self) -> &Arc<ConnControl> {
+        &self.control
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Executes one client command; replies are queued in order with events.
+    pub async fn handle(&mut self, frame: ClientFrame) {
+        let (id, outcome) = match frame {
+            ClientFrame::Subscribe { room, since } => {
+                // Subscribe queues its own error (it must end the hold).
+                self.subscribe(&room, since.as_deref()).await.ok();
+                return;
+            }
+            ClientFrame::Unsubscribe { room } => match self.unsubscribe(&room).await {
+                // The confirmation was queued with the end of delivery.
+                Ok(()) => return,
+                Err(err) => (None, Err(err)),
+            },
+            ClientFrame::Publish { room, text, id } => {
+                let outcome = self.publish(&room, text, id.clone()).await.map(|(room, ack)| {
+                    ServerFrame::Ack {
+                        id: id.clone(),
+                        room: room.to_string(),
+                        cursor: ack.cursor.to_string(),
+                        duplicate: ack.duplicate,
+                    }
+                });
+                (id, outcome)
+            }
+            ClientFrame::History {
+                room,
+                before,
+                after,
+                limit,
+            } => {
+                let outcome = self
+                    .gateway
+                    .history(&self.identity, &room, after.as_deref(), before.as_deref(), limit)
+                    .await
+                    .map(|(room, events)| ServerFrame::History {
+                        room: room.to_string(),
+                        events,
+                    });
+                (None, outcome)
+            }
+            ClientFrame::Presence { room } => {
+                let outcome = self
+                    .gateway
+                    .presence(&self.identity, &room)
+                    .await
+                    .map(|(room, users)| ServerFrame::Presence {
+                        room: room.to_string(),
+                        users,
+                    });
+                (None, outcome)
+            }
+            ClientFrame::Ping => (None, Ok(ServerFrame::Pong)),
+        };
+        let frame = outcome.unwrap_or_else(|err| self.error_frame(id, &err));
+        self.push(Outbound::Frame(frame)).await;
+    }
+
+    /// Answers a frame that could not be parsed; the connection stays open.
+    pub async fn reject(&mut self, bad: BadFrame) {
+        let err = GatewayError::refused(ErrorCode::BadFrame, bad.message);
+        let frame = self.error_frame(bad.id, &err);
+        self.push(Outbound::Frame(frame)).await;
+    }
+
+    /// Queues an error frame for a refusal the transport detected.
+    pub async fn reject_with(&mut self, id: Option<String>, err: &GatewayError) {
+        let frame = self.error_frame(id, err);
+        self.push(Outbound::Frame(frame)).await;
+    }
+
+    fn error_frame(&self, id: Option<String>, err: &GatewayError) -> ServerFrame {
+        metrics::counter!(names::ERRORS, "code" => err.code().as_str()).increment(1);
+        ServerFrame::Error {
+            id,
+            code: err.code(),
+            message: err.to_string(),
+        }
+    }
+
+    /// Subscribes and queues `subscribed`, the missed events and then live
+    /// events; on failure queues the error and returns it.
+    pub async fn subscribe(&mut self, room: &str, since: Option<&str>) -> Result<(), GatewayError> {
+        let outcome = self.try_subscribe(room, since).await;
+        if let Err(err) = &outcome {
+            let frame = self.error_frame(None, err);
+            let item = match RoomName::parse(room) {
+                Ok(room) if !self.rooms.contains(&room) => Outbound::Ended(room, frame),
+                _ => Outbound::Frame(frame),
+            };
+            self.push(item).await;
+        }
+        outcome
+    }
+
+    async fn try_subscribe(&mut self, room: &str, since: Option<&str>) -> Result<(), GatewayError> {
+        let room = RoomName::parse(room)?;
+        if !self.identity.can_subscribe(&room) {
+            return Err(GatewayError::refused(
+                ErrorCode::Forbidden,
+                format!("not allowed to subscribe to {room}"),
+            ));
+        }
+        if self.rooms.contains(&room) {
+            return Err(GatewayError::refused(
+                ErrorCode::BadFrame,
+                format!("already subscribed to {room}; unsubscribe first to resume elsewhere"),
+            ));
+        }
+        let max_rooms = self.gateway.limits().max_rooms_per_connection;
+        if self.rooms.len() >= max_rooms {
+            return Err(GatewayError::refused(
+                ErrorCode::Forbidden,
+                format!("room limit reached: at most {max_rooms} rooms per connection"),
+            ));
+        }
+        let since: Option<Cursor> = since.map(str::parse).transpose()?;
+        self.push(Outbound::Subscribing(room.clone())).await;
+        let subscriber = Subscriber {
+            tx: self.tx.clone(),
+            control: self.control.clone(),
+        };
+        let gateway = self.gateway.clone();
+        gateway.hub().subscribe(&room, self.id, subscriber).await?;
+        // The hub's feed is live, so nothing after this head can be missed.
+        let resume = match gateway.bus().resume(&room, since.as_ref()).await {
+            Ok(resume) => resume,
+            Err(err) => {
+                gateway.hub().unsubscribe(&room, self.id);
+                return Err(err.into());
+            }
+        };
+        if since.is_some() {
+            let result = if resume.recovered { "recovered" } else { "lost" };
+            metrics::counter!(names::RESUMES, "result" => result).increment(1);
+        }
+        tracing::debug!(%room, head = %resume.head, recovered = resume.recovered, replay = resume.events.len(), "subscribed");
+        self.rooms.insert(room.clone());
+        self.push(Outbound::Subscribed {
+            room: room.clone(),
+            head: resume.head,
+            recovered: resume.recovered,
+            replay: resume.events,
+        })
+        .await;
+        if let Err(err) = gateway
+            .bus()
+            .join(&room, &self.identity.user, &self.conn_key)
+            .await
+        {
+            tracing::warn!(%room, %err, "presence join failed");
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, room: &str) -> Result<(), GatewayError> {
+        let room = RoomName::parse(room)?;
+        if !self.rooms.remove(&room) {
+            return Err(GatewayError::refused(
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to {room}"),
+            ));
+        }
+        self.gateway.hub().unsubscribe(&room, self.id);
+        if let Err(err) = self
+            .gateway
+            .bus()
+            .leave(&room, &self.identity.user, &self.conn_key)
+            .await
+        {
+            tracing::warn!(%room, %err, "presence leave failed");
+        }
+        let frame = ServerFrame::Unsubscribed {
+            room: room.to_string(),
+        };
+        self.push(Outbound::Ended(room, frame)).await;
+        Ok(())
+    }
+
+    /// Rate-limits, then publishes through the gateway's shared checks.
+    pub async fn publish(
+        &mut self,
+        room: &str,
+        text: String,
+        id: Option<String>,
+    ) -> Result<(RoomName, PublishAck), GatewayError> {
+        if !self.bucket.try_take() {
+            metrics::counter!(names::RATE_LIMITED, "transport" => self.transport.as_str())
+                .increment(1);
+            return Err(GatewayError::refused(
+                ErrorCode::RateLimited,
+                "publish rate limit exceeded; slow down",
+            ));
+        }
+        self.gateway
+            .publish(&self.identity, room, text, id, self.transport)
+            .await
+    }
+
+    /// Queues an item unless the connection is closing.
+    async fn push(&self, item: Outbound) {
+        tokio::select! {
+            _ = self.tx.send(item) => {}
+            _ = self.control.closed() => {}
+        }
+    }
+
+    pub fn subscribed_rooms(&self) -> usize {
+        self.rooms.len()
+    }
+
+}
+
+impl Drop for Session {
+    /// Leaves every room, whichever way the connection ended, so presence
+    /// and the hub never keep a dead connection.
+    fn drop(&mut self) {
+        if let Some(expiry) = self.expiry.take() {
+            expiry.abort();
+        }
+        metrics::gauge!(names::CONNECTIONS, "transport" => self.transport.as_str())
+            .decrement(1.0);
+        let rooms: Vec<RoomName> = self.rooms.drain().collect();
+        if rooms.is_empty() {
+            return;
+        }
+        for room in &rooms {
+            self.gateway.hub().unsubscribe(room, self.id);
+        }
+        let gateway = self.gateway.clone();
+        let user = self.identity.user.clone();
+        let conn_key = std::mem::take(&mut self.conn_key);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for room in rooms {
+                    if let Err(err) = gateway.bus().leave(&room, &user, &conn_key).await {
+                        tracing::warn!(%room, %err, "presence leave failed");
+                    }
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Telemetry set-up shared by every Switchboard role.
+//!
+//! [`init_logging`] installs the `tracing` subscriber (human or JSON lines,
+//! filtered by `RUST_LOG`); [`prometheus`] installs the process-wide
+//! metrics recorder and renders `/metrics`. Metric names live in
+//! [`names`] so that every crate records the same series. Labels are low
+//! cardinality only: never a room or a user.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use tracing_subscriber::EnvFilter;
+
+/// Metric names (spec §8), all prefixed `switchboard_`.
+pub mod names {
+    /// Gauge of open client connections, label `transport`.
+    pub const CONNECTIONS: &str = "switchboard_connections";
+    /// Counter of client connections accepted, label `transport`.
+    pub const CONNECTIONS_TOTAL: &str = "switchboard_connections_total";
+    /// Counter of publishes received from clients, label `transport`.
+    pub const MESSAGES_IN: &str = "switchboard_messages_in_total";
+    /// Counter of events written to clients, label `transport`.
+    pub const MESSAGES_OUT: &str = "switchboard_messages_out_total";
+    /// Histogram of receive → ack time of publishes, seconds.
+    pub const PUBLISH_LATENCY: &str = "switchboard_publish_latency_seconds";
+    /// Counter of connections dropped because their queue was full.
+    pub const SLOW_CONSUMER_DROPS: &str = "switchboard_slow_consumer_drops_total";
+    /// Counter of publishes refused by the rate limiter, label `transport`.
+    pub const RATE_LIMITED: &str = "switchboard_rate_limited_total";
+    /// Counter of WebSocket peers dropped for missing pongs.
+    pub const PING_FAILURES: &str = "switchboard_ping_failures_total";
+    /// Counter of subscriptions with `since`, label `result` = recovered|lost.
+    pub const RESUMES: &str = "switchboard_resumes_total";
+    /// Counter of errors sent to clients, label `code`.
+    pub const ERRORS: &str = "switchboard_errors_total";
+    /// Counter of live-feed gaps repaired from history.
+    pub const GAP_REPAIRS: &str = "switchboard_gap_repairs_total";
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "human" | "text" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?} (human|json)")),
+        }
+    }
+}
+
+/// Installs the global `tracing` subscriber. `RUST_LOG` wins over
+/// `default_filter`. A second call (tests start many servers in one
+/// process) keeps the first subscriber.
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Buckets of the latency histograms: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = || {
+            PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+        };
+        builder().install_recorder().unwrap_or_else(|err| {
+            // Another recorder owns the process (an embedding application):
+            // serve an empty, valid exposition rather than fail.
+            tracing::warn!(%err, "metrics recorder already installed; /metrics will be empty");
+            builder().build_recorder().handle()
+        })
+    })
+}
+
+/// Renders the Prometheus text exposition of every metric.
+pub fn render_metrics() -> String {
+    prometheus().render()
+}
