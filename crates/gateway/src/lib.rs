@@ -12,6 +12,7 @@
 
 mod conn;
 mod error;
+mod http;
 mod hub;
 mod limits;
 mod ops;
@@ -20,6 +21,7 @@ mod session;
 
 pub use conn::{CloseReason, ConnControl, Deliver, Delivery, Outbound, Overflow};
 pub use error::GatewayError;
+pub use http::{error_response, request_token, status_of};
 pub use hub::{Hub, Subscriber};
 pub use limits::Limits;
 pub use ops::{demo_page, ops_routes};

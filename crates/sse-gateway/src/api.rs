@@ -1,0 +1,141 @@
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use switchboard_auth::Identity;
+use switchboard_gateway::{Gateway, GatewayError, Transport, request_token};
+use switchboard_protocol::ErrorCode;
+use switchboard_protocol::frames::events_json_array;
+
+pub(crate) fn routes() -> Router<Arc<Gateway>> {
+    Router::new()
+        .route(
+            "/api/rooms/{room}/messages",
+            get(history).post(publish),
+        )
+        .route("/api/rooms/{room}/presence", get(presence))
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn identify(gateway: &Gateway, headers: &HeaderMap, params: &Params) -> Result<Identity, GatewayError> {
+    let token = request_token(headers, params.get("access_token").map(String::as_str));
+    gateway.authenticate(token, params.get("user").map(String::as_str))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    text: String,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+async fn publish(
+    State(gateway): State<Arc<Gateway>>,
+    Path(room): Path<String>,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let outcome = async {
+        let identity = identify(&gateway, &headers, &params)?;
+        let max = gateway.limits().max_frame_bytes;
+        let body = axum::body::to_bytes(body, max).await.map_err(|_| {
+            GatewayError::refused(ErrorCode::TooLarge, format!("body exceeds {max} bytes"))
+        })?;
+        let body: PublishBody = serde_json::from_slice(&body).map_err(|err| {
+            GatewayError::refused(
+                ErrorCode::BadFrame,
+                format!("body must be {{\"text\":…,\"id\":…}}: {err}"),
+            )
+        })?;
+        let key = headers
+            .get("idempotency-key")
+            .map(|v| {
+                v.to_str().map(str::to_owned).map_err(|_| {
+                    GatewayError::refused(ErrorCode::BadFrame, "Idempotency-Key must be ASCII")
+                })
+            })
+            .transpose()?;
+        let id = body.id.or(key);
+        gateway.api_rate_limit(&identity.user)?;
+        let (room, ack) = gateway
+            .publish(&identity, &room, body.text, id.clone(), Transport::Http)
+            .await?;
+        let mut reply = serde_json::json!({
+            "room": room.as_str(),
+            "cursor": ack.cursor.to_string(),
+            "duplicate": ack.duplicate,
+        });
+        if let Some(id) = id {
+            reply["id"] = serde_json::Value::String(id);
+        }
+        Ok::<_, GatewayError>(reply)
+    }
+    .await;
+    match outcome {
+        Ok(reply) => (StatusCode::CREATED, axum::Json(reply)).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn history(
+    State(gateway): State<Arc<Gateway>>,
+    Path(room): Path<String>,
+    params: Params,
+    headers: HeaderMap,
+) -> Response {
+    let outcome = async {
+        let identity = identify(&gateway, &headers, &params)?;
+        let limit = params
+            .get("limit")
+            .map(|l| {
+                l.parse::<u32>().map_err(|_| {
+                    GatewayError::refused(ErrorCode::BadFrame, "limit must be a positive integer")
+                })
+            })
+            .transpose()?;
+        let after = params.get("after").map(String::as_str);
+        let before = params.get("before").map(String::as_str);
+        let (_, events) = gateway
+            .history(&identity, &room, after, before, limit)
+            .await?;
+        Ok::<_, GatewayError>(events)
+    }
+    .await;
+    match outcome {
+        Ok(events) => {
+            // Spliced from each event's cached JSON: no re-encoding.
+            let mut body = b"{\"events\":".to_vec();
+            body.extend_from_slice(&events_json_array(&events));
+            body.push(b'}');
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn presence(
+    State(gateway): State<Arc<Gateway>>,
+    Path(room): Path<String>,
+    params: Params,
+    headers: HeaderMap,
+) -> Response {
+    let outcome = async {
+        let identity = identify(&gateway, &headers, &params)?;
+        gateway.presence(&identity, &room).await
+    }
+    .await;
+    match outcome {
+        Ok((room, users)) => {
+            axum::Json(serde_json::json!({ "room": room.as_str(), "users": users })).into_response()
+        }
+        Err(err) => err.into_response(),
+    }
+}

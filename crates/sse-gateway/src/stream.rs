@@ -1,0 +1,179 @@
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use switchboard_gateway::{
+    CloseReason, Deliver, Delivery, Gateway, GatewayError, Outbound, Session, Transport,
+    request_token,
+};
+use switchboard_protocol::frames::ServerFrame;
+use switchboard_protocol::{ErrorCode, format_rfc3339_millis};
+use switchboard_telemetry::names;
+use tokio::sync::mpsc;
+use tokio::time::Interval;
+
+/// Tells `EventSource` how long to wait before reconnecting.
+const RETRY_PREAMBLE: &[u8] = b"retry: 2000\n\n";
+const WRITE_BATCH: usize = 64;
+
+/// `GET /sse/rooms/{room}`: refusals are plain HTTP errors before the
+/// stream starts; after that the stream only carries events.
+pub(crate) async fn sse(
+    State(gateway): State<Arc<Gateway>>,
+    Path(room): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if gateway.is_draining() {
+        return GatewayError::refused(ErrorCode::Unavailable, "server is shutting down")
+            .into_response();
+    }
+    let token = request_token(&headers, params.get("access_token").map(String::as_str));
+    let identity = match gateway.authenticate(token, params.get("user").map(String::as_str)) {
+        Ok(identity) => identity,
+        Err(err) => return err.into_response(),
+    };
+    // The browser's own reconnect (Last-Event-ID) is newer than the URL's.
+    let since = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .or_else(|| params.get("since").map(String::as_str));
+    let (mut session, queue) = gateway.open_session(identity, Transport::Sse);
+    if let Err(err) = session.subscribe(&room, since).await {
+        return err.into_response();
+    }
+    let heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + gateway.limits().sse_heartbeat,
+        gateway.limits().sse_heartbeat,
+    );
+    let state = EventStream {
+        delivery: Delivery::new(gateway.limits().outbound_queue),
+        session,
+        queue,
+        gateway,
+        heartbeat,
+        pending: VecDeque::from([Bytes::from_static(RETRY_PREAMBLE)]),
+        finished: false,
+    };
+    let body = Body::from_stream(futures::stream::unfold(state, EventStream::next));
+    let mut response = (StatusCode::OK, body).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The stream owns the session: when the client goes away the body is
+/// dropped, and with it the session, which leaves the room.
+struct EventStream {
+    session: Session,
+    queue: mpsc::Receiver<Outbound>,
+    delivery: Delivery,
+    gateway: Arc<Gateway>,
+    heartbeat: Interval,
+    pending: VecDeque<Bytes>,
+    finished: bool,
+}
+
+impl EventStream {
+    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
+        loop {
+            if let Some(chunk) = self.pending.pop_front() {
+                return Some((Ok(chunk), self));
+            }
+            if self.finished {
+                return None;
+            }
+            let control = self.session.control().clone();
+            let mut batch = Vec::with_capacity(WRITE_BATCH);
+            tokio::select! {
+                biased;
+                reason = control.closed() => self.finish(reason),
+                () = self.gateway.shutdown().cancelled() => self.finish(CloseReason::Shutdown),
+                count = self.queue.recv_many(&mut batch, WRITE_BATCH) => {
+                    if count == 0 {
+                        return None;
+                    }
+                    self.encode(batch);
+                }
+                _ = self.heartbeat.tick() => {
+                    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+                    let ts = format_rfc3339_millis(i64::try_from(now).unwrap_or(i64::MAX));
+                    self.pending.push_back(Bytes::from(format!(
+                        "event: heartbeat\ndata: {{\"ts\":\"{ts}\"}}\n\n"
+                    )));
+                }
+            }
+        }
+    }
+
+    fn encode(&mut self, batch: Vec<Outbound>) {
+        let mut writes = Vec::new();
+        for item in batch {
+            if self.delivery.accept(item, &mut writes).is_err() {
+                metrics::counter!(names::SLOW_CONSUMER_DROPS).increment(1);
+                self.session.control().close(CloseReason::SlowConsumer);
+            }
+        }
+        let mut events = 0u64;
+        for write in writes {
+            match write {
+                Deliver::Event(event) => {
+                    events += 1;
+                    self.pending.push_back(event.sse_frame());
+                }
+                Deliver::Frame(frame) => self.pending.push_back(frame_to_sse(&frame)),
+            }
+        }
+        metrics::counter!(names::MESSAGES_OUT, "transport" => "sse").increment(events);
+    }
+
+    /// Ends the stream; a client that should not simply reconnect is told
+    /// why in a last `error` event.
+    fn finish(&mut self, reason: CloseReason) {
+        let error = match reason {
+            CloseReason::TokenExpired => Some((ErrorCode::Unauthorized, "token expired")),
+            CloseReason::SlowConsumer => Some((
+                ErrorCode::RateLimited,
+                "slow consumer: reconnect to resume from the last event id",
+            )),
+            _ => None,
+        };
+        if let Some((code, message)) = error {
+            self.pending
+                .push_back(frame_to_sse(&ServerFrame::error(code, message)));
+        }
+        self.finished = true;
+    }
+}
+
+/// Control frames as SSE events. `subscribed` carries the head cursor as
+/// its `id:`, so a reconnect before any event still resumes from there.
+fn frame_to_sse(frame: &ServerFrame) -> Bytes {
+    let json = frame.to_json();
+    let (name, id) = match frame {
+        ServerFrame::Subscribed { cursor, .. } => ("subscribed", Some(cursor.as_str())),
+        ServerFrame::Error { .. } => ("error", None),
+        ServerFrame::Unsubscribed { .. } => ("unsubscribed", None),
+        _ => ("message", None),
+    };
+    let mut out = Vec::with_capacity(json.len() + 48);
+    if let Some(id) = id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(&json);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
