@@ -163,6 +163,11 @@ impl Gateway {
         &self.allowed_origins
     }
 
+    /// True when every request must carry a token.
+    pub fn requires_token(&self) -> bool {
+        self.auth.requires_token()
+    }
+
     pub fn authenticate(
         &self,
         token: Option<&str>,

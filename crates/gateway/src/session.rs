@@ -267,17 +267,40 @@ impl Session {
         text: String,
         id: Option<String>,
     ) -> Result<(RoomName, PublishAck), GatewayError> {
-        if !self.bucket.try_take() {
-            metrics::counter!(names::RATE_LIMITED, "transport" => self.transport.as_str())
-                .increment(1);
-            return Err(GatewayError::refused(
-                ErrorCode::RateLimited,
-                "publish rate limit exceeded; slow down",
-            ));
-        }
+        self.take_publish_token()?;
         self.gateway
             .publish(&self.identity, room, text, id, self.transport)
             .await
+    }
+
+    /// Publishes under a per-message user name, as the seed `ChatService`
+    /// protocol does. Honoured only for anonymous access; with tokens the
+    /// token's subject always wins.
+    pub async fn publish_as(
+        &mut self,
+        user: &str,
+        room: &str,
+        text: String,
+    ) -> Result<(RoomName, PublishAck), GatewayError> {
+        if user.is_empty() || self.gateway.requires_token() || user == self.identity.user {
+            return self.publish(room, text, None).await;
+        }
+        let named = self.gateway.authenticate(None, Some(user))?;
+        self.take_publish_token()?;
+        self.gateway
+            .publish(&named, room, text, None, self.transport)
+            .await
+    }
+
+    fn take_publish_token(&mut self) -> Result<(), GatewayError> {
+        if self.bucket.try_take() {
+            return Ok(());
+        }
+        metrics::counter!(names::RATE_LIMITED, "transport" => self.transport.as_str()).increment(1);
+        Err(GatewayError::refused(
+            ErrorCode::RateLimited,
+            "publish rate limit exceeded; slow down",
+        ))
     }
 
     /// Queues an item unless the connection is closing.

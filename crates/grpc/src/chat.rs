@@ -1,0 +1,228 @@
+use crate::pump;
+use crate::to_status;
+use futures::StreamExt;
+use std::sync::Arc;
+use switchboard_auth::Identity;
+use switchboard_gateway::{
+    CloseReason, Deliver, Delivery, Gateway, GatewayError, Session, Transport,
+};
+use switchboard_protocol::frames::{ClientFrame, ServerFrame};
+use switchboard_protocol::pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+/// Responses buffered between a stream's writer task and tonic.
+const RESPONSE_BUFFER: usize = 64;
+
+/// `switchboard.v1.Chat`.
+pub struct ChatApi {
+    gateway: Arc<Gateway>,
+}
+
+impl ChatApi {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+}
+
+/// The identity of a call: `authorization: Bearer …` metadata, or for
+/// anonymous access the `x-user` metadata.
+pub(crate) fn identify(gateway: &Gateway, metadata: &MetadataMap) -> Result<Identity, Status> {
+    let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
+    let token = text("authorization").map(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .unwrap_or(v)
+            .trim()
+    });
+    gateway
+        .authenticate(token, text("x-user"))
+        .map_err(|err| to_status(&err))
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+#[tonic::async_trait]
+impl pb::chat_server::Chat for ChatApi {
+    type ConnectStream = ReceiverStream<Result<pb::ServerFrame, Status>>;
+    type SubscribeStream = ReceiverStream<Result<pb::Event, Status>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::ClientFrame>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let identity = identify(&self.gateway, request.metadata())?;
+        let inbound = request.into_inner();
+        let (session, queue) = self.gateway.open_session(identity, Transport::Grpc);
+        let (out, rx) = mpsc::channel(RESPONSE_BUFFER);
+        let gateway = self.gateway.clone();
+        tokio::spawn(async move {
+            let mut session = session;
+            let control = session.control().clone();
+            let delivery = Delivery::new(gateway.limits().outbound_queue);
+            let writer = pump::pump(queue, delivery, &control, &gateway, &out, |write| {
+                Some(match write {
+                    Deliver::Event(event) => pb::ServerFrame {
+                        frame: Some(pb::server_frame::Frame::Event(event.event().to_proto())),
+                    },
+                    Deliver::Frame(frame) => frame.to_proto(),
+                })
+            });
+            tokio::select! {
+                () = writer => {}
+                () = read_frames(inbound, &mut session) => {}
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let identity = identify(&self.gateway, request.metadata())?;
+        let req = request.into_inner();
+        let (mut session, mut queue) = self.gateway.open_session(identity, Transport::Grpc);
+        session
+            .subscribe(&req.room, non_empty(&req.since))
+            .await
+            .map_err(|err| to_status(&err))?;
+        // Read up to `subscribed` so its cursor can go into the headers.
+        let mut delivery = Delivery::new(self.gateway.limits().outbound_queue);
+        let mut initial = Vec::new();
+        let mut subscribed = None;
+        while subscribed.is_none() {
+            let item = queue
+                .recv()
+                .await
+                .ok_or_else(|| Status::unavailable("subscription ended"))?;
+            let mut writes = Vec::new();
+            delivery
+                .accept(item, &mut writes)
+                .map_err(|_| pump::close_status(CloseReason::SlowConsumer))?;
+            for write in writes {
+                match write {
+                    Deliver::Frame(ServerFrame::Subscribed {
+                        cursor, recovered, ..
+                    }) => subscribed = Some((cursor, recovered)),
+                    Deliver::Event(event) => initial.push(event.event().to_proto()),
+                    Deliver::Frame(_) => {}
+                }
+            }
+        }
+        let (cursor, recovered) = subscribed.unwrap_or_default();
+        let (out, rx) = mpsc::channel(RESPONSE_BUFFER);
+        let gateway = self.gateway.clone();
+        tokio::spawn(async move {
+            let control = session.control().clone();
+            for event in initial {
+                if !pump::send(&out, &control, event).await {
+                    return;
+                }
+            }
+            pump::pump(queue, delivery, &control, &gateway, &out, |write| match write {
+                Deliver::Event(event) => Some(event.event().to_proto()),
+                Deliver::Frame(_) => None,
+            })
+            .await;
+            drop(session);
+        });
+        let mut response = Response::new(ReceiverStream::new(rx));
+        if let Ok(value) = cursor.parse() {
+            response.metadata_mut().insert("x-cursor", value);
+        }
+        let recovered = if recovered { "true" } else { "false" };
+        response
+            .metadata_mut()
+            .insert("x-recovered", tonic::metadata::MetadataValue::from_static(recovered));
+        Ok(response)
+    }
+
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let identity = identify(&self.gateway, request.metadata())?;
+        let req = request.into_inner();
+        let id = non_empty(&req.id).map(str::to_owned);
+        let outcome = async {
+            self.gateway.api_rate_limit(&identity.user)?;
+            self.gateway
+                .publish(&identity, &req.room, req.text, id.clone(), Transport::Grpc)
+                .await
+        }
+        .await;
+        let (room, ack) = outcome.map_err(|err: GatewayError| to_status(&err))?;
+        Ok(Response::new(pb::PublishResponse {
+            room: room.to_string(),
+            cursor: ack.cursor.to_string(),
+            duplicate: ack.duplicate,
+            id: id.unwrap_or_default(),
+        }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let identity = identify(&self.gateway, request.metadata())?;
+        let req = request.into_inner();
+        let (room, events) = self
+            .gateway
+            .history(
+                &identity,
+                &req.room,
+                non_empty(&req.after),
+                non_empty(&req.before),
+                (req.limit != 0).then_some(req.limit),
+            )
+            .await
+            .map_err(|err| to_status(&err))?;
+        Ok(Response::new(pb::HistoryResponse {
+            room: room.to_string(),
+            events: events.iter().map(|e| e.event().to_proto()).collect(),
+        }))
+    }
+
+    async fn presence(
+        &self,
+        request: Request<pb::PresenceRequest>,
+    ) -> Result<Response<pb::PresenceResponse>, Status> {
+        let identity = identify(&self.gateway, request.metadata())?;
+        let req = request.into_inner();
+        let (room, users) = self
+            .gateway
+            .presence(&identity, &req.room)
+            .await
+            .map_err(|err| to_status(&err))?;
+        Ok(Response::new(pb::PresenceResponse {
+            room: room.to_string(),
+            users,
+        }))
+    }
+}
+
+/// Feeds client frames to the session. A half-closed request stream keeps
+/// the responses flowing; a broken or oversized one ends the call.
+async fn read_frames(mut inbound: Streaming<pb::ClientFrame>, session: &mut Session) {
+    while let Some(frame) = inbound.next().await {
+        match frame {
+            Ok(frame) => match ClientFrame::from_proto(frame) {
+                Ok(frame) => session.handle(frame).await,
+                Err(bad) => session.reject(bad).await,
+            },
+            Err(status) => {
+                if matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted) {
+                    session.control().close(CloseReason::TooLarge);
+                    break;
+                }
+                return;
+            }
+        }
+    }
+    std::future::pending::<()>().await;
+}

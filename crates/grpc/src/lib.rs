@@ -1,0 +1,79 @@
+//! The gRPC API (spec §5): `switchboard.v1.Chat` (the whole WebSocket
+//! protocol as `Connect`, plus `Subscribe`, `Publish`, `History`,
+//! `Presence`), the seed-compatible package-less `ChatService.Chat`,
+//! `grpc.health.v1.Health` and server reflection.
+//!
+//! Like the other transports it adapts streams to the gateway's `Session`;
+//! status codes are mapped from the spec's error codes in [`status`] only.
+
+mod chat;
+mod pump;
+mod seed;
+mod status;
+
+pub use chat::ChatApi;
+pub use seed::SeedChat;
+pub use status::to_status;
+
+use std::sync::Arc;
+use switchboard_gateway::Gateway;
+use switchboard_protocol::pb;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+/// Why the gRPC server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection set-up: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves every gRPC service on `listener` until `shutdown` fires, then
+/// reports NOT_SERVING and lets in-flight calls finish.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), GrpcError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::chat_server::ChatServer<ChatApi>>()
+        .await;
+    health
+        .set_serving::<pb::seed::chat_service_server::ChatServiceServer<SeedChat>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let max = gateway.limits().max_frame_bytes;
+    let chat = pb::chat_server::ChatServer::new(ChatApi::new(gateway.clone()))
+        .max_decoding_message_size(max);
+    let seed = pb::seed::chat_service_server::ChatServiceServer::new(SeedChat::new(gateway))
+        .max_decoding_message_size(max);
+    let stop = shutdown.clone();
+    let health_on_stop = health.clone();
+    let signal = async move {
+        stop.cancelled().await;
+        health_on_stop
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        health_on_stop
+            .set_not_serving::<pb::chat_server::ChatServer<ChatApi>>()
+            .await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(chat)
+        .add_service(seed)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await?;
+    Ok(())
+}
