@@ -1,0 +1,206 @@
+//! Typed settings of each role, filled from flags or `SWITCHBOARD_*`
+//! environment variables, validated before anything starts.
+
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use switchboard_auth::Authenticator;
+use switchboard_core::CoreConfig;
+use switchboard_gateway::Limits;
+
+use crate::StartError;
+
+/// Parses `250ms`, `30s`, `2m`, `24h` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 2m, 24h"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?} (ms, s, m, h, d)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"))
+}
+
+/// Authentication flags (spec §7).
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// HS256 secret; when set (or a public key is), every request needs a JWT.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Path of an RS256 or ES256 public key (PEM) to verify JWTs with.
+    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+}
+
+impl AuthArgs {
+    pub fn authenticator(&self) -> Result<Authenticator, StartError> {
+        match (&self.jwt_secret, &self.jwt_public_key) {
+            (Some(_), Some(_)) => Err(StartError::Config(
+                "set either --jwt-secret or --jwt-public-key, not both".into(),
+            )),
+            (Some(secret), None) => Authenticator::hs256(secret.as_bytes())
+                .map_err(|err| StartError::Config(err.to_string())),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|err| {
+                    StartError::Config(format!("cannot read {}: {err}", path.display()))
+                })?;
+                Authenticator::public_key_pem(&pem)
+                    .map_err(|err| StartError::Config(err.to_string()))
+            }
+            (None, None) => Ok(Authenticator::Anonymous),
+        }
+    }
+}
+
+/// Limits of every gateway (spec §6).
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Longest message text, bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_TEXT_BYTES", default_value_t = 4096)]
+    pub max_text_bytes: usize,
+    /// Largest WebSocket frame, HTTP body or gRPC message, bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_FRAME_BYTES", default_value_t = 65536)]
+    pub max_frame_bytes: usize,
+    /// Rooms one connection may join.
+    #[arg(long, env = "SWITCHBOARD_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
+    pub max_rooms_per_connection: usize,
+    /// Sustained publishes per second per connection (per user on HTTP/gRPC unary).
+    #[arg(long, env = "SWITCHBOARD_PUBLISH_RATE", default_value_t = 50.0)]
+    pub publish_rate: f64,
+    /// Publish burst before the rate applies.
+    #[arg(long, env = "SWITCHBOARD_PUBLISH_BURST", default_value_t = 100.0)]
+    pub publish_burst: f64,
+    /// Events queued per connection before it is dropped as a slow consumer.
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+    /// WebSocket ping interval.
+    #[arg(long, env = "SWITCHBOARD_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+    /// A WebSocket peer silent this long is dropped.
+    #[arg(long, env = "SWITCHBOARD_PING_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
+    pub ping_timeout: Duration,
+    /// SSE heartbeat interval (at most 15 s).
+    #[arg(long, env = "SWITCHBOARD_SSE_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
+    pub sse_heartbeat: Duration,
+    /// Allowed browser origins for WebSocket and CORS, comma-separated; empty allows any.
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Result<Limits, StartError> {
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(StartError::Config(what.to_owned()))
+            }
+        };
+        check(self.max_text_bytes > 0, "--max-text-bytes must be positive")?;
+        check(
+            self.max_frame_bytes >= self.max_text_bytes,
+            "--max-frame-bytes must be at least --max-text-bytes",
+        )?;
+        check(self.max_rooms_per_connection > 0, "--max-rooms-per-connection must be positive")?;
+        check(
+            self.publish_rate > 0.0 && self.publish_burst >= 1.0,
+            "--publish-rate must be positive and --publish-burst at least 1",
+        )?;
+        check(self.outbound_queue > 0, "--outbound-queue must be positive")?;
+        check(
+            self.ping_interval > Duration::ZERO && self.ping_timeout > self.ping_interval,
+            "--ping-timeout must be longer than a positive --ping-interval",
+        )?;
+        check(
+            self.sse_heartbeat > Duration::ZERO && self.sse_heartbeat <= Duration::from_secs(15),
+            "--sse-heartbeat must be within (0, 15s]",
+        )?;
+        Ok(Limits {
+            max_text_bytes: self.max_text_bytes,
+            max_frame_bytes: self.max_frame_bytes,
+            max_rooms_per_connection: self.max_rooms_per_connection,
+            publish_rate: self.publish_rate,
+            publish_burst: self.publish_burst,
+            outbound_queue: self.outbound_queue,
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
+            sse_heartbeat: self.sse_heartbeat,
+        })
+    }
+}
+
+/// Room log settings of the core (spec §2).
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// Events kept per room.
+    #[arg(long, env = "SWITCHBOARD_RETENTION_COUNT", default_value_t = 1000)]
+    pub retention_count: usize,
+    /// Events older than this are dropped.
+    #[arg(long, env = "SWITCHBOARD_RETENTION_AGE", default_value = "24h", value_parser = parse_duration)]
+    pub retention_age: Duration,
+    /// How long a publish id is remembered for de-duplication.
+    #[arg(long, env = "SWITCHBOARD_DEDUP_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub dedup_window: Duration,
+}
+
+impl RetentionArgs {
+    pub fn core_config(&self, max_text_bytes: usize) -> Result<CoreConfig, StartError> {
+        if self.retention_count == 0 {
+            return Err(StartError::Config("--retention-count must be positive".into()));
+        }
+        Ok(CoreConfig {
+            retention_count: self.retention_count,
+            retention_age: self.retention_age,
+            dedup_window: self.dedup_window,
+            max_text_bytes,
+            ..CoreConfig::default()
+        })
+    }
+}
+
+/// Everything `switchboard standalone` needs.
+#[derive(Debug, Clone, Args)]
+pub struct StandaloneArgs {
+    /// Address of HTTP (WebSocket, SSE, API, demo page, ops endpoints).
+    #[arg(long, env = "SWITCHBOARD_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Address of the gRPC API.
+    #[arg(long, env = "SWITCHBOARD_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+    /// How long a graceful shutdown may take before the process exits anyway.
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

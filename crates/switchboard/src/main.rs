@@ -1,0 +1,99 @@
+//! The `switchboard` binary: a screen of flags and a call into the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use switchboard::config::StandaloneArgs;
+use switchboard::standalone;
+use switchboard_telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Real-time messaging over WebSocket, SSE and gRPC",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Flags of `standalone`, the default when no subcommand is given.
+    #[command(flatten)]
+    standalone: StandaloneArgs,
+    /// Log format: human or json. Filter with RUST_LOG.
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", default_value = "human", global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Core, WebSocket + SSE gateways, HTTP and gRPC APIs in one process,
+    /// on the in-memory bus (the default).
+    Standalone(StandaloneArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    switchboard_telemetry::init_logging(cli.log_format, "info");
+    let args = match cli.command {
+        Some(Command::Standalone(args)) => args,
+        None => cli.standalone,
+    };
+    tokio::runtime::Runtime::new()
+        .context("starting the Tokio runtime")?
+        .block_on(run_standalone(args))
+}
+
+async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    log_config(&args);
+    let server = standalone::start(&args).await?;
+    shutdown_signal().await;
+    tracing::info!(grace = ?args.shutdown_grace, "shutting down");
+    if !server.shutdown(args.shutdown_grace).await {
+        tracing::warn!("grace period over; exiting with connections still open");
+    }
+    Ok(())
+}
+
+/// Prints the effective settings with secrets redacted.
+fn log_config(args: &StandaloneArgs) {
+    let auth = match (&args.auth.jwt_secret, &args.auth.jwt_public_key) {
+        (Some(_), _) => "jwt-hs256 (secret redacted)".to_owned(),
+        (None, Some(path)) => format!("jwt-public-key {}", path.display()),
+        (None, None) => "anonymous".to_owned(),
+    };
+    tracing::info!(
+        http_addr = %args.http_addr,
+        grpc_addr = %args.grpc_addr,
+        auth,
+        limits = ?args.limits,
+        retention = ?args.retention,
+        "configuration"
+    );
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
