@@ -21,6 +21,9 @@ use tokio_tungstenite::tungstenite;
 /// load without letting one connection hog its task.
 const WRITE_BATCH: usize = 64;
 
+/// How long a closing connection may take to flush and send its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// Close codes of the spec (§3).
 fn close_code(reason: CloseReason) -> u16 {
     match reason {
@@ -174,10 +177,16 @@ async fn write_loop(
                         control.close(CloseReason::SlowConsumer);
                     }
                 }
-                let written = tokio::time::timeout(write_timeout, write_all(&mut sink, writes)).await;
-                if !matches!(written, Ok(Ok(()))) {
-                    // A peer that does not read for that long is as good as gone.
-                    return;
+                tokio::select! {
+                    written = tokio::time::timeout(write_timeout, write_all(&mut sink, writes)) => {
+                        if !matches!(written, Ok(Ok(()))) {
+                            // A peer that does not read for that long is as good as gone.
+                            return;
+                        }
+                    }
+                    // Closed while the socket was full (a slow consumer):
+                    // stop writing events and go straight to the close frame.
+                    reason = control.closed() => break reason,
                 }
             }
             _ = ping.tick() => {
@@ -190,7 +199,9 @@ async fn write_loop(
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), close(&mut sink, reason)).await;
+    // Pending frames are flushed before the close frame; a client that is
+    // still reading gets them and then the close code.
+    let _ = tokio::time::timeout(CLOSE_GRACE, close(&mut sink, reason)).await;
 }
 
 async fn write_all(
