@@ -15,7 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(&files, [&proto_root])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("switchboard_descriptor.bin"), fds.encode_to_vec())?;
+    std::fs::write(
+        out_dir.join("switchboard_descriptor.bin"),
+        fds.encode_to_vec(),
+    )?;
     // `build_transport(false)`: the generated client's `connect(dst)` helper
     // would clash with the `Connect` rpc; clients are built from a Channel.
     tonic_prost_build::configure()

@@ -19,7 +19,9 @@ pub const MAX_USER_LEN: usize = 64;
 /// Why credentials were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("a token is required (Authorization: Bearer, access_token query parameter or authorization metadata)")]
+    #[error(
+        "a token is required (Authorization: Bearer, access_token query parameter or authorization metadata)"
+    )]
     MissingToken,
     #[error("token has expired")]
     Expired,
@@ -130,7 +132,10 @@ impl Authenticator {
                 "the JWT secret must be at least 16 bytes".into(),
             ));
         }
-        Ok(Self::jwt(DecodingKey::from_secret(secret), Algorithm::HS256))
+        Ok(Self::jwt(
+            DecodingKey::from_secret(secret),
+            Algorithm::HS256,
+        ))
     }
 
     /// RS256 or ES256, whichever the PEM public key is.
@@ -175,13 +180,14 @@ impl Authenticator {
                 None => Ok(Identity::anonymous(guest_name())),
             },
             Authenticator::Jwt { key, validation } => {
-                let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::MissingToken)?;
-                let data = decode::<Claims>(token, key, validation).map_err(|err| {
-                    match err.kind() {
+                let token = token
+                    .filter(|t| !t.is_empty())
+                    .ok_or(AuthError::MissingToken)?;
+                let data =
+                    decode::<Claims>(token, key, validation).map_err(|err| match err.kind() {
                         jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                         _ => AuthError::InvalidToken(err.to_string()),
-                    }
-                })?;
+                    })?;
                 let claims = data.claims;
                 let user = validate_user(&claims.sub)?;
                 let subscribe = claims
@@ -224,12 +230,19 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
     fn token(claims: serde_json::Value) -> String {
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET))
-            .expect("encodes")
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .expect("encodes")
     }
 
     fn now() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
     }
 
     fn room(r: &str) -> RoomName {
@@ -239,15 +252,25 @@ mod tests {
     #[test]
     fn anonymous_takes_requested_name_or_generates_one() {
         let auth = Authenticator::Anonymous;
-        assert_eq!(auth.authenticate(None, Some("alice")).expect("ok").user, "alice");
-        assert!(auth.authenticate(None, None).expect("ok").user.starts_with("guest-"));
+        assert_eq!(
+            auth.authenticate(None, Some("alice")).expect("ok").user,
+            "alice"
+        );
+        assert!(
+            auth.authenticate(None, None)
+                .expect("ok")
+                .user
+                .starts_with("guest-")
+        );
         assert!(auth.authenticate(None, Some("")).is_err());
     }
 
     #[test]
     fn jwt_rooms_and_publish_patterns() {
         let auth = Authenticator::hs256(SECRET).expect("config");
-        let t = token(json!({"sub":"bob","exp":now()+60,"rooms":["team-*","lobby"],"publish":["lobby"]}));
+        let t = token(
+            json!({"sub":"bob","exp":now()+60,"rooms":["team-*","lobby"],"publish":["lobby"]}),
+        );
         let id = auth.authenticate(Some(&t), Some("mallory")).expect("valid");
         assert_eq!(id.user, "bob");
         assert!(id.can_subscribe(&room("team-a")) && id.can_subscribe(&room("lobby")));
@@ -255,7 +278,10 @@ mod tests {
         assert!(id.can_publish(&room("lobby")) && !id.can_publish(&room("team-a")));
         let t = token(json!({"sub":"bob","exp":now()+60,"rooms":["a*"]}));
         let id = auth.authenticate(Some(&t), None).expect("valid");
-        assert!(id.can_publish(&room("abc")) && !id.can_publish(&room("b")), "publish defaults to rooms");
+        assert!(
+            id.can_publish(&room("abc")) && !id.can_publish(&room("b")),
+            "publish defaults to rooms"
+        );
     }
 
     #[test]
@@ -263,11 +289,28 @@ mod tests {
         let auth = Authenticator::hs256(SECRET).expect("config");
         assert_eq!(auth.authenticate(None, None), Err(AuthError::MissingToken));
         let expired = token(json!({"sub":"bob","exp":now()-5}));
-        assert_eq!(auth.authenticate(Some(&expired), None), Err(AuthError::Expired));
+        assert_eq!(
+            auth.authenticate(Some(&expired), None),
+            Err(AuthError::Expired)
+        );
         let no_sub = token(json!({"exp":now()+60}));
-        assert!(matches!(auth.authenticate(Some(&no_sub), None), Err(AuthError::InvalidToken(_))));
-        assert!(matches!(auth.authenticate(Some("garbage"), None), Err(AuthError::InvalidToken(_))));
-        let other = encode(&Header::new(Algorithm::HS256), &json!({"sub":"x","exp":now()+60}), &EncodingKey::from_secret(b"another-secret-of-32-bytes-xxxxx")).expect("enc");
-        assert!(matches!(auth.authenticate(Some(&other), None), Err(AuthError::InvalidToken(_))));
+        assert!(matches!(
+            auth.authenticate(Some(&no_sub), None),
+            Err(AuthError::InvalidToken(_))
+        ));
+        assert!(matches!(
+            auth.authenticate(Some("garbage"), None),
+            Err(AuthError::InvalidToken(_))
+        ));
+        let other = encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"sub":"x","exp":now()+60}),
+            &EncodingKey::from_secret(b"another-secret-of-32-bytes-xxxxx"),
+        )
+        .expect("enc");
+        assert!(matches!(
+            auth.authenticate(Some(&other), None),
+            Err(AuthError::InvalidToken(_))
+        ));
     }
 }

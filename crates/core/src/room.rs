@@ -62,7 +62,12 @@ impl RoomState {
         self.feed.subscribe()
     }
 
-    pub(crate) fn dedup_hit(&mut self, id: &str, config: &CoreConfig, now: Instant) -> Option<Cursor> {
+    pub(crate) fn dedup_hit(
+        &mut self,
+        id: &str,
+        config: &CoreConfig,
+        now: Instant,
+    ) -> Option<Cursor> {
         self.expire_dedup(config, now);
         self.dedup.get(id).map(|(cursor, _)| cursor.clone())
     }
@@ -108,10 +113,7 @@ impl RoomState {
         if since.epoch() != &self.epoch || since.offset() > self.head {
             return Slice::Unrecoverable;
         }
-        let oldest_kept = self
-            .log
-            .front()
-            .map_or(self.head + 1, |s| s.event.offset());
+        let oldest_kept = self.log.front().map_or(self.head + 1, |s| s.event.offset());
         if since.offset() + 1 < oldest_kept {
             return Slice::Unrecoverable;
         }

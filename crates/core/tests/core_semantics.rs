@@ -36,7 +36,9 @@ fn duplicate_id_returns_original_cursor_without_a_new_event() {
     assert_eq!(again.cursor, first.cursor);
     // Same id in another room is a different message.
     assert!(!publish(&core, "other", "hi", Some("c-1")).duplicate);
-    let events = core.history(&room("r"), &HistoryQuery::default()).expect("history");
+    let events = core
+        .history(&room("r"), &HistoryQuery::default())
+        .expect("history");
     assert_eq!(events.len(), 1);
 }
 
@@ -58,14 +60,23 @@ fn retention_by_count_makes_old_cursors_unrecoverable() {
         ..CoreConfig::default()
     });
     let first = publish(&core, "r", "0", None);
-    let cursors: Vec<_> = (1..=5).map(|i| publish(&core, "r", &i.to_string(), None).cursor).collect();
+    let cursors: Vec<_> = (1..=5)
+        .map(|i| publish(&core, "r", &i.to_string(), None).cursor)
+        .collect();
     let (lost, _) = core.subscribe(&room("r"), Some(&first.cursor));
     assert!(!lost.recovered);
     assert!(lost.events.is_empty());
     let (ok, _) = core.subscribe(&room("r"), Some(&cursors[1]));
     assert!(ok.recovered);
     let offsets: Vec<_> = ok.events.iter().map(|e| e.offset()).collect();
-    assert_eq!(offsets, vec![cursors[2].offset(), cursors[3].offset(), cursors[4].offset()]);
+    assert_eq!(
+        offsets,
+        vec![
+            cursors[2].offset(),
+            cursors[3].offset(),
+            cursors[4].offset()
+        ]
+    );
     assert_eq!(ok.head, cursors[4]);
 }
 
@@ -78,7 +89,11 @@ fn retention_by_age() {
     let c = publish(&core, "r", "0", None).cursor;
     publish(&core, "r", "1", None);
     std::thread::sleep(Duration::from_millis(2));
-    assert!(core.history(&room("r"), &HistoryQuery::default()).expect("history").is_empty());
+    assert!(
+        core.history(&room("r"), &HistoryQuery::default())
+            .expect("history")
+            .is_empty()
+    );
     assert!(!core.resume(&room("r"), Some(&c)).recovered);
 }
 
@@ -93,7 +108,13 @@ fn foreign_epoch_and_future_cursors_are_not_recovered() {
     let at_head = core.resume(&room("r"), Some(&head));
     assert!(at_head.recovered && at_head.events.is_empty());
     assert!(matches!(
-        core.history(&room("r"), &HistoryQuery { after: Some(foreign), ..Default::default() }),
+        core.history(
+            &room("r"),
+            &HistoryQuery {
+                after: Some(foreign),
+                ..Default::default()
+            }
+        ),
         Err(CoreError::Protocol(_))
     ));
 }
@@ -101,12 +122,32 @@ fn foreign_epoch_and_future_cursors_are_not_recovered() {
 #[test]
 fn history_before_and_after() {
     let core = Core::new(CoreConfig::default());
-    let cs: Vec<_> = (0..10).map(|i| publish(&core, "r", &i.to_string(), None).cursor).collect();
-    let q = HistoryQuery { before: Some(cs[5].clone()), limit: Some(3), ..Default::default() };
-    let got: Vec<_> = core.history(&room("r"), &q).expect("ok").iter().map(|e| e.offset()).collect();
+    let cs: Vec<_> = (0..10)
+        .map(|i| publish(&core, "r", &i.to_string(), None).cursor)
+        .collect();
+    let q = HistoryQuery {
+        before: Some(cs[5].clone()),
+        limit: Some(3),
+        ..Default::default()
+    };
+    let got: Vec<_> = core
+        .history(&room("r"), &q)
+        .expect("ok")
+        .iter()
+        .map(|e| e.offset())
+        .collect();
     assert_eq!(got, vec![cs[2].offset(), cs[3].offset(), cs[4].offset()]);
-    let q = HistoryQuery { after: Some(cs[5].clone()), limit: Some(2), ..Default::default() };
-    let got: Vec<_> = core.history(&room("r"), &q).expect("ok").iter().map(|e| e.offset()).collect();
+    let q = HistoryQuery {
+        after: Some(cs[5].clone()),
+        limit: Some(2),
+        ..Default::default()
+    };
+    let got: Vec<_> = core
+        .history(&room("r"), &q)
+        .expect("ok")
+        .iter()
+        .map(|e| e.offset())
+        .collect();
     assert_eq!(got, vec![cs[6].offset(), cs[7].offset()]);
 }
 
@@ -118,7 +159,10 @@ fn presence_counts_connections_per_user() {
     assert_eq!(join.event().kind, EventKind::Join);
     assert!(core.join(&r, "bob", "c2").is_none());
     assert!(core.join(&r, "amy", "c3").is_some());
-    assert_eq!(core.presence(&r), vec!["amy".to_string(), "bob".to_string()]);
+    assert_eq!(
+        core.presence(&r),
+        vec!["amy".to_string(), "bob".to_string()]
+    );
     assert!(core.leave(&r, "bob", "c1").is_none());
     let leave = core.leave(&r, "bob", "c2").expect("last connection leaves");
     assert_eq!(leave.event().kind, EventKind::Leave);
@@ -129,7 +173,12 @@ fn presence_counts_connections_per_user() {
 fn rejects_bad_publishes() {
     let core = Core::new(CoreConfig::default());
     let big = "x".repeat(4097);
-    for (text, id) in [(big.as_str(), None), ("", None), ("ok", Some("")), ("ok", Some("a\nb"))] {
+    for (text, id) in [
+        (big.as_str(), None),
+        ("", None),
+        ("ok", Some("")),
+        ("ok", Some("a\nb")),
+    ] {
         let res = core.publish(PublishRequest {
             room: room("r"),
             user: "u".into(),
@@ -152,7 +201,10 @@ fn live_feed_sees_appends_in_order_and_sweep_keeps_watched_rooms() {
     }
     assert_eq!(core.sweep(), 0, "a watched room stays");
     drop(feed);
-    let empty = Core::new(CoreConfig { retention_age: Duration::ZERO, ..CoreConfig::default() });
+    let empty = Core::new(CoreConfig {
+        retention_age: Duration::ZERO,
+        ..CoreConfig::default()
+    });
     empty.resume(&room("gone"), None);
     assert_eq!(empty.sweep(), 1);
 }

@@ -126,14 +126,13 @@ impl Delivery {
                         }
                         held.push(event);
                     }
-                    Some(RoomDelivery::Live(last)) => {
-                        if is_new(last, &event) {
-                            *last = event.event().cursor.clone();
-                            out.push(Deliver::Event(event));
-                        }
+                    Some(RoomDelivery::Live(last)) if is_new(last, &event) => {
+                        *last = event.event().cursor.clone();
+                        out.push(Deliver::Event(event));
                     }
-                    // Unsubscribed meanwhile: a stale event.
-                    None => {}
+                    // Already delivered (replay overlap) or a stale event of
+                    // a room unsubscribed meanwhile.
+                    Some(RoomDelivery::Live(_)) | None => {}
                 }
             }
             Outbound::Subscribing(room) => {
@@ -213,7 +212,8 @@ mod tests {
         let room = RoomName::parse("r").expect("room");
         let mut d = Delivery::new(10);
         let mut out = Vec::new();
-        d.accept(Outbound::Subscribing(room.clone()), &mut out).expect("ok");
+        d.accept(Outbound::Subscribing(room.clone()), &mut out)
+            .expect("ok");
         for o in [4, 5, 6] {
             d.accept(Outbound::Event(ev(o)), &mut out).expect("ok");
         }
@@ -230,7 +230,10 @@ mod tests {
         .expect("ok");
         d.accept(Outbound::Event(ev(6)), &mut out).expect("ok");
         d.accept(Outbound::Event(ev(7)), &mut out).expect("ok");
-        assert!(matches!(out[0], Deliver::Frame(ServerFrame::Subscribed { .. })));
+        assert!(matches!(
+            out[0],
+            Deliver::Frame(ServerFrame::Subscribed { .. })
+        ));
         assert_eq!(offsets(&out), vec![3, 4, 5, 6, 7]);
     }
 

@@ -71,10 +71,7 @@ impl Hub {
             write(&watched.subscribers).insert(conn, subscriber);
             watched.state.clone()
         };
-        let outcome = match state
-            .wait_for(|s| !matches!(s, FeedState::Starting))
-            .await
-        {
+        let outcome = match state.wait_for(|s| !matches!(s, FeedState::Starting)).await {
             Ok(s) => match &*s {
                 FeedState::Failed(err) => Err(err.clone()),
                 _ => Ok(()),
@@ -203,7 +200,11 @@ impl RoomFanOut<'_> {
             }
             if event.event().prev_offset > last.offset() {
                 self.repair().await?;
-                if self.last.as_ref().is_some_and(|l| event.offset() <= l.offset()) {
+                if self
+                    .last
+                    .as_ref()
+                    .is_some_and(|l| event.offset() <= l.offset())
+                {
                     return Ok(());
                 }
             }

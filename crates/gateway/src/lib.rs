@@ -245,7 +245,9 @@ impl Gateway {
         }
         let allowed = buckets
             .entry(key.to_owned())
-            .or_insert_with(|| TokenBucket::new(self.limits.publish_rate, self.limits.publish_burst))
+            .or_insert_with(|| {
+                TokenBucket::new(self.limits.publish_rate, self.limits.publish_burst)
+            })
             .try_take();
         if allowed {
             Ok(())

@@ -32,7 +32,10 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
 
 async fn metrics() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         switchboard_telemetry::render_metrics(),
     )
 }

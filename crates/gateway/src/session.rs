@@ -47,9 +47,7 @@ impl Session {
         let control = ConnControl::new();
         let expiry = identity.expires_at.map(|at| {
             let control = control.clone();
-            let wait = at
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
+            let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
                 control.close(CloseReason::TokenExpired);
@@ -57,8 +55,7 @@ impl Session {
             .abort_handle()
         });
         metrics::gauge!(names::CONNECTIONS, "transport" => transport.as_str()).increment(1.0);
-        metrics::counter!(names::CONNECTIONS_TOTAL, "transport" => transport.as_str())
-            .increment(1);
+        metrics::counter!(names::CONNECTIONS_TOTAL, "transport" => transport.as_str()).increment(1);
         let session = Self {
             gateway,
             id,
@@ -96,14 +93,15 @@ impl Session {
                 Err(err) => (None, Err(err)),
             },
             ClientFrame::Publish { room, text, id } => {
-                let outcome = self.publish(&room, text, id.clone()).await.map(|(room, ack)| {
-                    ServerFrame::Ack {
+                let outcome = self
+                    .publish(&room, text, id.clone())
+                    .await
+                    .map(|(room, ack)| ServerFrame::Ack {
                         id: id.clone(),
                         room: room.to_string(),
                         cursor: ack.cursor.to_string(),
                         duplicate: ack.duplicate,
-                    }
-                });
+                    });
                 (id, outcome)
             }
             ClientFrame::History {
@@ -114,7 +112,13 @@ impl Session {
             } => {
                 let outcome = self
                     .gateway
-                    .history(&self.identity, &room, after.as_deref(), before.as_deref(), limit)
+                    .history(
+                        &self.identity,
+                        &room,
+                        after.as_deref(),
+                        before.as_deref(),
+                        limit,
+                    )
                     .await
                     .map(|(room, events)| ServerFrame::History {
                         room: room.to_string(),
@@ -123,14 +127,14 @@ impl Session {
                 (None, outcome)
             }
             ClientFrame::Presence { room } => {
-                let outcome = self
-                    .gateway
-                    .presence(&self.identity, &room)
-                    .await
-                    .map(|(room, users)| ServerFrame::Presence {
-                        room: room.to_string(),
-                        users,
-                    });
+                let outcome =
+                    self.gateway
+                        .presence(&self.identity, &room)
+                        .await
+                        .map(|(room, users)| ServerFrame::Presence {
+                            room: room.to_string(),
+                            users,
+                        });
                 (None, outcome)
             }
             ClientFrame::Ping => (None, Ok(ServerFrame::Pong)),
@@ -214,7 +218,11 @@ impl Session {
             }
         };
         if since.is_some() {
-            let result = if resume.recovered { "recovered" } else { "lost" };
+            let result = if resume.recovered {
+                "recovered"
+            } else {
+                "lost"
+            };
             metrics::counter!(names::RESUMES, "result" => result).increment(1);
         }
         tracing::debug!(%room, head = %resume.head, recovered = resume.recovered, replay = resume.events.len(), "subscribed");
@@ -314,7 +322,6 @@ impl Session {
     pub fn subscribed_rooms(&self) -> usize {
         self.rooms.len()
     }
-
 }
 
 impl Drop for Session {
@@ -324,8 +331,7 @@ impl Drop for Session {
         if let Some(expiry) = self.expiry.take() {
             expiry.abort();
         }
-        metrics::gauge!(names::CONNECTIONS, "transport" => self.transport.as_str())
-            .decrement(1.0);
+        metrics::gauge!(names::CONNECTIONS, "transport" => self.transport.as_str()).decrement(1.0);
         let rooms: Vec<RoomName> = self.rooms.drain().collect();
         if rooms.is_empty() {
             return;

@@ -124,10 +124,17 @@ impl pb::chat_server::Chat for ChatApi {
                     return;
                 }
             }
-            pump::pump(queue, delivery, &control, &gateway, &out, |write| match write {
-                Deliver::Event(event) => Some(event.event().to_proto()),
-                Deliver::Frame(_) => None,
-            })
+            pump::pump(
+                queue,
+                delivery,
+                &control,
+                &gateway,
+                &out,
+                |write| match write {
+                    Deliver::Event(event) => Some(event.event().to_proto()),
+                    Deliver::Frame(_) => None,
+                },
+            )
             .await;
             drop(session);
         });
@@ -136,9 +143,10 @@ impl pb::chat_server::Chat for ChatApi {
             response.metadata_mut().insert("x-cursor", value);
         }
         let recovered = if recovered { "true" } else { "false" };
-        response
-            .metadata_mut()
-            .insert("x-recovered", tonic::metadata::MetadataValue::from_static(recovered));
+        response.metadata_mut().insert(
+            "x-recovered",
+            tonic::metadata::MetadataValue::from_static(recovered),
+        );
         Ok(response)
     }
 

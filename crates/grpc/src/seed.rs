@@ -84,7 +84,11 @@ fn to_chat_message(write: Deliver) -> Option<ChatMessage> {
     }
 }
 
-async fn read_messages(mut inbound: Streaming<ChatMessage>, session: &mut Session, room: &RoomName) {
+async fn read_messages(
+    mut inbound: Streaming<ChatMessage>,
+    session: &mut Session,
+    room: &RoomName,
+) {
     while let Some(message) = inbound.next().await {
         match message {
             Ok(message) => {

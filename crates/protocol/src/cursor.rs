@@ -110,7 +110,9 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "7", ":7", "e:", "e:-1", "e:x", "a:b:1", "e f:1", "e.1:2"] {
+        for bad in [
+            "", "7", ":7", "e:", "e:-1", "e:x", "a:b:1", "e f:1", "e.1:2",
+        ] {
             assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
         }
     }

@@ -67,9 +67,9 @@ impl ProtocolError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ProtocolError::InvalidRoom(_) => ErrorCode::InvalidRoom,
-            ProtocolError::BadCursor(_) | ProtocolError::BadFrame(_) | ProtocolError::BadEvent(_) => {
-                ErrorCode::BadFrame
-            }
+            ProtocolError::BadCursor(_)
+            | ProtocolError::BadFrame(_)
+            | ProtocolError::BadEvent(_) => ErrorCode::BadFrame,
         }
     }
 }

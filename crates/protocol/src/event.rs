@@ -224,7 +224,11 @@ mod tests {
         let text = std::str::from_utf8(&frame).expect("utf8");
         assert!(text.starts_with("id: e1:42\nevent: message\ndata: {"));
         assert!(text.ends_with("}\n\n"));
-        assert_eq!(text.matches('\n').count(), 4, "newlines in text are escaped");
+        assert_eq!(
+            text.matches('\n').count(),
+            4,
+            "newlines in text are escaped"
+        );
     }
 
     #[test]

@@ -320,8 +320,14 @@ mod tests {
                     limit: Some(5),
                 },
             ),
-            (r#"{"type":"presence","room":"r"}"#, ClientFrame::Presence { room: "r".into() }),
-            (r#"{"type":"unsubscribe","room":"r"}"#, ClientFrame::Unsubscribe { room: "r".into() }),
+            (
+                r#"{"type":"presence","room":"r"}"#,
+                ClientFrame::Presence { room: "r".into() },
+            ),
+            (
+                r#"{"type":"unsubscribe","room":"r"}"#,
+                ClientFrame::Unsubscribe { room: "r".into() },
+            ),
         ];
         for (json, expected) in cases {
             assert_eq!(ClientFrame::from_json(json).expect(json), expected);
@@ -333,7 +339,12 @@ mod tests {
         let err = ClientFrame::from_json(r#"{"type":"publish","room":"r","id":"c-9"}"#)
             .expect_err("text missing");
         assert_eq!(err.id.as_deref(), Some("c-9"));
-        assert!(ClientFrame::from_json("not json").expect_err("bad").message.contains("JSON"));
+        assert!(
+            ClientFrame::from_json("not json")
+                .expect_err("bad")
+                .message
+                .contains("JSON")
+        );
     }
 
     #[test]

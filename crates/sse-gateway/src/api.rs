@@ -14,16 +14,17 @@ use switchboard_protocol::frames::events_json_array;
 
 pub(crate) fn routes() -> Router<Arc<Gateway>> {
     Router::new()
-        .route(
-            "/api/rooms/{room}/messages",
-            get(history).post(publish),
-        )
+        .route("/api/rooms/{room}/messages", get(history).post(publish))
         .route("/api/rooms/{room}/presence", get(presence))
 }
 
 type Params = Query<HashMap<String, String>>;
 
-fn identify(gateway: &Gateway, headers: &HeaderMap, params: &Params) -> Result<Identity, GatewayError> {
+fn identify(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<Identity, GatewayError> {
     let token = request_token(headers, params.get("access_token").map(String::as_str));
     gateway.authenticate(token, params.get("user").map(String::as_str))
 }

@@ -27,7 +27,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => value * 60.0,
         "h" => value * 3600.0,
         "d" => value * 86_400.0,
-        _ => return Err(format!("unknown unit {unit:?} in {text:?} (ms, s, m, h, d)")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?} (ms, s, m, h, d)"
+            ));
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"))
 }
@@ -73,7 +77,11 @@ pub struct LimitArgs {
     #[arg(long, env = "SWITCHBOARD_MAX_FRAME_BYTES", default_value_t = 65536)]
     pub max_frame_bytes: usize,
     /// Rooms one connection may join.
-    #[arg(long, env = "SWITCHBOARD_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_ROOMS_PER_CONNECTION",
+        default_value_t = 100
+    )]
     pub max_rooms_per_connection: usize,
     /// Sustained publishes per second per connection (per user on HTTP/gRPC unary).
     #[arg(long, env = "SWITCHBOARD_PUBLISH_RATE", default_value_t = 50.0)]
@@ -112,7 +120,10 @@ impl LimitArgs {
             self.max_frame_bytes >= self.max_text_bytes,
             "--max-frame-bytes must be at least --max-text-bytes",
         )?;
-        check(self.max_rooms_per_connection > 0, "--max-rooms-per-connection must be positive")?;
+        check(
+            self.max_rooms_per_connection > 0,
+            "--max-rooms-per-connection must be positive",
+        )?;
         check(
             self.publish_rate > 0.0 && self.publish_burst >= 1.0,
             "--publish-rate must be positive and --publish-burst at least 1",
@@ -157,7 +168,9 @@ pub struct RetentionArgs {
 impl RetentionArgs {
     pub fn core_config(&self, max_text_bytes: usize) -> Result<CoreConfig, StartError> {
         if self.retention_count == 0 {
-            return Err(StartError::Config("--retention-count must be positive".into()));
+            return Err(StartError::Config(
+                "--retention-count must be positive".into(),
+            ));
         }
         Ok(CoreConfig {
             retention_count: self.retention_count,

@@ -20,7 +20,12 @@ struct Cli {
     #[command(flatten)]
     standalone: StandaloneArgs,
     /// Log format: human or json. Filter with RUST_LOG.
-    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", default_value = "human", global = true)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_LOG_FORMAT",
+        default_value = "human",
+        global = true
+    )]
     log_format: LogFormat,
 }
 

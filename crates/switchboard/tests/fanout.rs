@@ -203,7 +203,13 @@ async fn concurrent_publishes_arrive_everywhere_in_one_order() {
     assert_eq!(ids.len(), TOTAL, "every message once");
     let offsets: Vec<u64> = reference
         .iter()
-        .map(|(c, _)| c.rsplit(':').next().expect("offset").parse().expect("number"))
+        .map(|(c, _)| {
+            c.rsplit(':')
+                .next()
+                .expect("offset")
+                .parse()
+                .expect("number")
+        })
         .collect();
     assert!(offsets.windows(2).all(|w| w[0] < w[1]), "offsets rise");
     for (i, order) in orders.iter().enumerate() {

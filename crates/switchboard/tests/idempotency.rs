@@ -25,12 +25,20 @@ async fn retries_get_the_original_cursor_on_every_transport() {
 
     // HTTP with Idempotency-Key, then the same key in the body.
     let (status, first_http) = server
-        .post("idem", json!({"text": "http once"}), &[("Idempotency-Key", "http-1")])
+        .post(
+            "idem",
+            json!({"text": "http once"}),
+            &[("Idempotency-Key", "http-1")],
+        )
         .await;
     assert_eq!(status, 201);
     assert_eq!(first_http["duplicate"], false);
     let (status, again_http) = server
-        .post("idem", json!({"text": "http once"}), &[("Idempotency-Key", "http-1")])
+        .post(
+            "idem",
+            json!({"text": "http once"}),
+            &[("Idempotency-Key", "http-1")],
+        )
         .await;
     assert_eq!(status, 201);
     assert_eq!(again_http["duplicate"], true);

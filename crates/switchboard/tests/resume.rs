@@ -52,7 +52,10 @@ async fn websocket_resume_replays_exactly_the_missed_events_then_live() {
     for _ in 0..4 {
         replay.push(ws.recv_type("message").await);
     }
-    assert_eq!(texts(&replay), ["missed-0", "missed-1", "missed-2", "missed-3"]);
+    assert_eq!(
+        texts(&replay),
+        ["missed-0", "missed-1", "missed-2", "missed-3"]
+    );
     let replay_cursors: Vec<_> = replay.iter().map(|f| f["cursor"].clone()).collect();
     assert_eq!(replay_cursors, missed);
 
@@ -120,7 +123,11 @@ async fn sse_resumes_with_last_event_id_and_with_since() {
         assert_eq!(ids, missed, "{how}: exactly the missed events");
         let live = publish_n(&server, &room, "live", 1).await;
         let event = sse.next_named("message").await;
-        assert_eq!(event.id.as_deref(), Some(live[0].as_str()), "{how}: then live");
+        assert_eq!(
+            event.id.as_deref(),
+            Some(live[0].as_str()),
+            "{how}: then live"
+        );
     }
 }
 
@@ -193,7 +200,10 @@ async fn history_pages_backwards_and_forwards() {
     let server = TestServer::start().await;
     let cursors = publish_n(&server, "hist", "h", 10).await;
     let (status, body) = server
-        .get_json(&format!("/api/rooms/hist/messages?before={}&limit=3", cursors[5]))
+        .get_json(&format!(
+            "/api/rooms/hist/messages?before={}&limit=3",
+            cursors[5]
+        ))
         .await;
     assert_eq!(status, 200, "{body}");
     let got: Vec<_> = body["events"]
@@ -204,7 +214,10 @@ async fn history_pages_backwards_and_forwards() {
         .collect();
     assert_eq!(got, [json!("h2"), json!("h3"), json!("h4")]);
     let (_, body) = server
-        .get_json(&format!("/api/rooms/hist/messages?after={}&limit=2", cursors[7]))
+        .get_json(&format!(
+            "/api/rooms/hist/messages?after={}&limit=2",
+            cursors[7]
+        ))
         .await;
     let got: Vec<_> = body["events"]
         .as_array()

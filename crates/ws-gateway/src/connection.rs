@@ -11,8 +11,8 @@ use switchboard_gateway::{
     CloseReason, ConnControl, Deliver, Delivery, Gateway, GatewayError, Outbound, Session,
     Transport,
 };
-use switchboard_protocol::frames::{ClientFrame, ServerFrame};
 use switchboard_protocol::ErrorCode;
+use switchboard_protocol::frames::{ClientFrame, ServerFrame};
 use switchboard_telemetry::names;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite;
@@ -62,7 +62,9 @@ impl Liveness {
 
     fn silent_for(&self) -> Duration {
         let now = self.start.elapsed();
-        now.saturating_sub(Duration::from_millis(self.last_seen_ms.load(Ordering::Relaxed)))
+        now.saturating_sub(Duration::from_millis(
+            self.last_seen_ms.load(Ordering::Relaxed),
+        ))
     }
 }
 

@@ -94,7 +94,9 @@ impl TestServer {
     }
 
     pub async fn sse(&self, path: &str) -> Sse {
-        Sse::connect(&self.url(path), &[]).await.expect("SSE stream opens")
+        Sse::connect(&self.url(path), &[])
+            .await
+            .expect("SSE stream opens")
     }
 
     /// POSTs a message over the HTTP API; returns status and JSON body.
@@ -296,7 +298,8 @@ impl Sse {
                 .await
                 .expect("SSE data arrives in time")?;
             let chunk = chunk.ok()?;
-            self.buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
         }
     }
 
