@@ -19,7 +19,9 @@ pub fn ops_routes(gateway: Arc<Gateway>) -> Router {
 
 /// The built-in chat page at `/`.
 pub fn demo_page() -> Router {
-    Router::new().route("/", get(|| async { Html(DEMO_PAGE) }))
+    Router::new()
+        .route("/", get(|| async { Html(DEMO_PAGE) }))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
 }
 
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
