@@ -24,6 +24,9 @@ const WRITE_BATCH: usize = 64;
 /// How long a closing connection may take to flush and send its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// How long we wait for the peer's close frame after sending ours.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
+
 /// Close codes of the spec (§3).
 fn close_code(reason: CloseReason) -> u16 {
     match reason {
@@ -80,9 +83,18 @@ pub(crate) async fn run(socket: WebSocket, gateway: Arc<Gateway>, identity: Iden
         // Errors are queued for the client like any other reply.
         let _ = session.subscribe(room.as_str(), None).await;
     }
-    tokio::select! {
-        () = write_loop(sink, queue, &control, &gateway, &liveness) => {}
-        () = read_loop(stream, &mut session, &mode, &gateway, &liveness) => {}
+    {
+        let writer = write_loop(sink, queue, &control, &gateway, &liveness);
+        let reader = read_loop(stream, &mut session, &mode, &gateway, &liveness);
+        tokio::pin!(writer, reader);
+        tokio::select! {
+            () = &mut writer => {
+                // We sent a close frame: wait briefly for the peer's reply so
+                // the socket is not torn down under frames it is still reading.
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE, &mut reader).await;
+            }
+            () = &mut reader => {}
+        }
     }
     tracing::debug!(user = %session.identity().user, reason = ?control.reason(), "websocket closed");
 }
@@ -97,13 +109,19 @@ async fn read_loop(
     let max_frame = gateway.limits().max_frame_bytes;
     while let Some(message) = stream.next().await {
         liveness.seen();
+        if session.control().is_closed() {
+            // Closing: only wait for the peer's close reply.
+            if matches!(message, Ok(Message::Close(_)) | Err(_)) {
+                return;
+            }
+            continue;
+        }
         let message = match message {
             Ok(message) => message,
             Err(err) => {
                 if is_capacity_error(err) {
                     session.control().close(CloseReason::TooLarge);
-                    // Let the writer send the close frame.
-                    session.control().closed().await;
+                    // The stream is unusable now; the writer sends 1009.
                     std::future::pending::<()>().await;
                 }
                 return;
@@ -112,7 +130,6 @@ async fn read_loop(
         match message {
             Message::Text(text) if text.len() > max_frame => {
                 session.control().close(CloseReason::TooLarge);
-                std::future::pending::<()>().await;
             }
             Message::Text(text) => handle_text(session, mode, text.as_str()).await,
             Message::Binary(_) => {
