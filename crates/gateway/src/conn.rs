@@ -114,6 +114,23 @@ impl Delivery {
         }
     }
 
+    /// Turns a batch of queued items into what to write. A connection that
+    /// overflows while holding events is closed as a slow consumer.
+    pub fn accept_batch(
+        &mut self,
+        items: impl IntoIterator<Item = Outbound>,
+        control: &ConnControl,
+    ) -> Vec<Deliver> {
+        let mut out = Vec::new();
+        for item in items {
+            if self.accept(item, &mut out).is_err() {
+                metrics::counter!(switchboard_telemetry::names::SLOW_CONSUMER_DROPS).increment(1);
+                control.close(CloseReason::SlowConsumer);
+            }
+        }
+        out
+    }
+
     /// Turns one queued item into what to write, appended to `out`.
     pub fn accept(&mut self, item: Outbound, out: &mut Vec<Deliver>) -> Result<(), Overflow> {
         match item {

@@ -52,13 +52,7 @@ pub(crate) async fn pump<T: Send + 'static>(
                 if count == 0 {
                     return;
                 }
-                let mut writes = Vec::new();
-                for item in batch.drain(..) {
-                    if delivery.accept(item, &mut writes).is_err() {
-                        metrics::counter!(names::SLOW_CONSUMER_DROPS).increment(1);
-                        control.close(CloseReason::SlowConsumer);
-                    }
-                }
+                let writes = delivery.accept_batch(batch.drain(..), control);
                 let mut events = 0u64;
                 for write in writes {
                     events += u64::from(matches!(write, Deliver::Event(_)));

@@ -118,13 +118,7 @@ impl EventStream {
     }
 
     fn encode(&mut self, batch: Vec<Outbound>) {
-        let mut writes = Vec::new();
-        for item in batch {
-            if self.delivery.accept(item, &mut writes).is_err() {
-                metrics::counter!(names::SLOW_CONSUMER_DROPS).increment(1);
-                self.session.control().close(CloseReason::SlowConsumer);
-            }
-        }
+        let writes = self.delivery.accept_batch(batch, self.session.control());
         let mut events = 0u64;
         for write in writes {
             match write {

@@ -189,13 +189,7 @@ async fn write_loop(
                 if count == 0 {
                     return;
                 }
-                let mut writes = Vec::new();
-                for item in batch.drain(..) {
-                    if delivery.accept(item, &mut writes).is_err() {
-                        metrics::counter!(names::SLOW_CONSUMER_DROPS).increment(1);
-                        control.close(CloseReason::SlowConsumer);
-                    }
-                }
+                let writes = delivery.accept_batch(batch.drain(..), control);
                 tokio::select! {
                     written = tokio::time::timeout(write_timeout, write_all(&mut sink, writes)) => {
                         if !matches!(written, Ok(Ok(()))) {
