@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         proto_root.join("switchboard/v1/event.proto"),
         proto_root.join("switchboard/v1/chat.proto"),
         proto_root.join("switchboard/v1/seed_chat.proto"),
+        proto_root.join("switchboard/v1/bus.proto"),
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());

@@ -41,6 +41,9 @@ pub enum BusError {
     Rejected(#[from] CoreError),
     #[error("core unavailable: {0}")]
     Unavailable(String),
+    /// Refused by a core in another process; the code crossed the wire.
+    #[error("{message}")]
+    Remote { code: ErrorCode, message: String },
 }
 
 impl BusError {
@@ -48,6 +51,7 @@ impl BusError {
         match self {
             BusError::Rejected(err) => err.code(),
             BusError::Unavailable(_) => ErrorCode::Unavailable,
+            BusError::Remote { code, .. } => *code,
         }
     }
 }

@@ -18,7 +18,10 @@ mod presence;
 mod room;
 
 pub use crate::config::CoreConfig;
-pub use crate::core::{Core, HistoryQuery, PublishOutcome, PublishRequest, Resume};
+pub use crate::core::{
+    Core, HistoryQuery, PublishOutcome, PublishRequest, Resume, validate_publish_id, validate_text,
+    validate_user,
+};
 pub use crate::error::CoreError;
 pub use crate::room::RoomFeed;
 

@@ -32,6 +32,10 @@ pub mod names {
     pub const RESUMES: &str = "switchboard_resumes_total";
     /// Counter of errors sent to clients, label `code`.
     pub const ERRORS: &str = "switchboard_errors_total";
+    /// Counter of reconnections to NATS after a lost connection.
+    pub const NATS_RECONNECTS: &str = "switchboard_nats_reconnects_total";
+    /// Counter of JetStream publishes that failed, label `reason`.
+    pub const JETSTREAM_PUBLISH_ERRORS: &str = "switchboard_jetstream_publish_errors_total";
     /// Counter of live-feed gaps repaired from history.
     pub const GAP_REPAIRS: &str = "switchboard_gap_repairs_total";
 }

@@ -1,0 +1,389 @@
+//! The gateway side: [`NatsBus`] turns bus calls into NATS requests to the
+//! core and room feeds into subscriptions of the republished live subjects.
+
+use crate::subjects::Op;
+use crate::wire::{self, EPOCH_HEADER};
+use crate::{NatsConfig, NatsError, Subjects};
+use async_nats::connection::State;
+use async_nats::{Client, ConnectOptions, Event as ClientEvent, Message};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message as _;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+use switchboard_bus::{Bus, BusError, FeedItem, LiveFeed, PublishAck};
+use switchboard_core::{HistoryQuery, PublishRequest, Resume};
+use switchboard_protocol::pb::{self, bus_reply::Reply};
+use switchboard_protocol::{Cursor, RoomName, SharedEvent};
+use switchboard_telemetry::names;
+use tokio::sync::broadcast;
+
+/// Presence entries are refreshed in chunks of this many per request.
+const REFRESH_CHUNK: usize = 500;
+
+/// A NATS connection plus the signal that it came back after a loss: live
+/// feeds may have missed events meanwhile and must repair.
+pub(crate) struct Connection {
+    pub(crate) client: Client,
+    pub(crate) reconnected: broadcast::Sender<()>,
+}
+
+pub(crate) async fn connect(config: &NatsConfig) -> Result<Client, NatsError> {
+    Ok(connect_with_signal(config).await?.client)
+}
+
+pub(crate) async fn connect_with_signal(config: &NatsConfig) -> Result<Connection, NatsError> {
+    let (reconnected, _) = broadcast::channel(16);
+    let signal = reconnected.clone();
+    let lost = Arc::new(AtomicBool::new(false));
+    let client = ConnectOptions::new()
+        .name(&config.name)
+        // Start even if NATS is not up yet: readiness says so meanwhile.
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .request_timeout(Some(config.request_timeout))
+        .event_callback(move |event| {
+            let signal = signal.clone();
+            let lost = lost.clone();
+            async move {
+                match event {
+                    ClientEvent::Connected => {
+                        tracing::info!("NATS connected");
+                        if lost.swap(false, Ordering::SeqCst) {
+                            metrics::counter!(names::NATS_RECONNECTS).increment(1);
+                            // No receivers: no live feeds to repair.
+                            let _ = signal.send(());
+                        }
+                    }
+                    ClientEvent::Disconnected => {
+                        lost.store(true, Ordering::SeqCst);
+                        tracing::warn!("NATS connection lost; reconnecting");
+                    }
+                    other => tracing::debug!(event = %other, "NATS client event"),
+                }
+            }
+        })
+        .connect(config.url.as_str())
+        .await
+        .map_err(|err| NatsError::Connect(err.to_string()))?;
+    Ok(Connection {
+        client,
+        reconnected,
+    })
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct HeldEntry {
+    room: RoomName,
+    user: String,
+    conn: String,
+}
+
+/// `switchboard_bus::Bus` over NATS, for gateways (and the core's own
+/// gRPC API, which is a client of the core like any gateway).
+pub struct NatsBus {
+    client: Client,
+    subjects: Subjects,
+    timeout: Duration,
+    reconnected: broadcast::Sender<()>,
+    /// Presence this process holds, refreshed so the core knows it lives.
+    held: Mutex<HashSet<HeldEntry>>,
+}
+
+impl NatsBus {
+    /// Connects and starts the presence refresher (ends with the bus).
+    pub async fn connect(config: &NatsConfig) -> Result<Arc<Self>, NatsError> {
+        let connection = connect_with_signal(config).await?;
+        let bus = Arc::new(Self {
+            client: connection.client,
+            subjects: config.subjects.clone(),
+            timeout: config.request_timeout,
+            reconnected: connection.reconnected,
+            held: Mutex::new(HashSet::new()),
+        });
+        let every = (config.presence_ttl / 3).max(Duration::from_millis(100));
+        tokio::spawn(refresh_presence(Arc::downgrade(&bus), every));
+        Ok(bus)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn call(&self, subject: String, payload: Vec<u8>) -> Result<Reply, BusError> {
+        // A disconnected client would queue the request until its timeout;
+        // callers deserve `unavailable` at once.
+        if self.client.connection_state() != State::Connected {
+            return Err(BusError::Unavailable("NATS is not connected".into()));
+        }
+        let request = self.client.request(subject, Bytes::from(payload));
+        let reply = match tokio::time::timeout(self.timeout, request).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(err)) => {
+                use async_nats::client::RequestErrorKind;
+                let why = match err.kind() {
+                    RequestErrorKind::NoResponders => "no core replica is running".to_owned(),
+                    RequestErrorKind::TimedOut => "the core did not answer in time".to_owned(),
+                    _ => err.to_string(),
+                };
+                return Err(BusError::Unavailable(why));
+            }
+            Err(_) => {
+                return Err(BusError::Unavailable(
+                    "the core did not answer in time".into(),
+                ));
+            }
+        };
+        wire::decode_reply(&reply.payload)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<HeldEntry>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn change_presence(
+        &self,
+        op: Op,
+        room: &RoomName,
+        user: &str,
+        conn: &str,
+    ) -> Result<(), BusError> {
+        let change = pb::BusPresenceChange {
+            entries: vec![pb::PresenceEntry {
+                room: room.to_string(),
+                user: user.to_owned(),
+                conn: conn.to_owned(),
+            }],
+        };
+        match self
+            .call(self.subjects.request(op, room), change.encode_to_vec())
+            .await?
+        {
+            Reply::Done(_) => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+fn unexpected() -> BusError {
+    BusError::Unavailable("unexpected reply from the core".into())
+}
+
+/// Re-announces every held presence entry, so a crashed gateway's users
+/// expire while live ones never do.
+async fn refresh_presence(bus: Weak<NatsBus>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(bus) = bus.upgrade() else { break };
+        let entries: Vec<pb::PresenceEntry> = bus
+            .held()
+            .iter()
+            .map(|e| pb::PresenceEntry {
+                room: e.room.to_string(),
+                user: e.user.clone(),
+                conn: e.conn.clone(),
+            })
+            .collect();
+        for chunk in entries.chunks(REFRESH_CHUNK) {
+            let change = pb::BusPresenceChange {
+                entries: chunk.to_vec(),
+            };
+            if let Err(err) = bus
+                .call(bus.subjects.presence_refresh(), change.encode_to_vec())
+                .await
+            {
+                tracing::warn!(%err, "presence refresh failed");
+            }
+        }
+    }
+}
+
+fn decode_live(message: &Message) -> Option<Arc<SharedEvent>> {
+    let headers = message.headers.as_ref()?;
+    let sequence = headers
+        .get(async_nats::header::NATS_SEQUENCE)?
+        .as_str()
+        .parse::<u64>()
+        .ok()?;
+    let epoch = headers.get(EPOCH_HEADER)?.as_str();
+    match wire::stored_event(&message.payload, epoch, sequence) {
+        Ok(event) => Some(event),
+        Err(err) => {
+            tracing::warn!(subject = %message.subject, %err, "undecodable live event skipped");
+            None
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, req: PublishRequest) -> Result<PublishAck, BusError> {
+        let payload = pb::BusPublish {
+            room: req.room.to_string(),
+            user: req.user,
+            text: req.text,
+            id: req.id.unwrap_or_default(),
+        };
+        match self
+            .call(
+                self.subjects.request(Op::Publish, &req.room),
+                payload.encode_to_vec(),
+            )
+            .await?
+        {
+            Reply::Publish(ack) => Ok(PublishAck {
+                cursor: ack.cursor.parse().map_err(|_| unexpected())?,
+                duplicate: ack.duplicate,
+            }),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn resume(&self, room: &RoomName, since: Option<&Cursor>) -> Result<Resume, BusError> {
+        let payload = pb::BusResume {
+            room: room.to_string(),
+            since: since.map(Cursor::to_string).unwrap_or_default(),
+        };
+        match self
+            .call(
+                self.subjects.request(Op::Resume, room),
+                payload.encode_to_vec(),
+            )
+            .await?
+        {
+            Reply::Resume(reply) => Ok(Resume {
+                events: wire::events_from_proto(reply.events)?,
+                head: reply.head.parse().map_err(|_| unexpected())?,
+                recovered: reply.recovered,
+            }),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn feed(&self, room: &RoomName) -> Result<LiveFeed, BusError> {
+        if self.client.connection_state() != State::Connected {
+            return Err(BusError::Unavailable("NATS is not connected".into()));
+        }
+        let subscription = self
+            .client
+            .subscribe(self.subjects.live(room))
+            .await
+            .map_err(|err| BusError::Unavailable(err.to_string()))?;
+        // The server has the subscription once a round trip completes, so
+        // a resume asked after this returns cannot miss an event.
+        self.client
+            .flush()
+            .await
+            .map_err(|err| BusError::Unavailable(err.to_string()))?;
+        let state = LiveState {
+            subscription,
+            reconnected: Some(self.reconnected.subscribe()),
+        };
+        Ok(futures::stream::unfold(state, LiveState::next).boxed())
+    }
+
+    async fn history(
+        &self,
+        room: &RoomName,
+        query: HistoryQuery,
+    ) -> Result<Vec<Arc<SharedEvent>>, BusError> {
+        let payload = pb::BusHistory {
+            room: room.to_string(),
+            after: query.after.map(|c| c.to_string()).unwrap_or_default(),
+            before: query.before.map(|c| c.to_string()).unwrap_or_default(),
+            limit: query
+                .limit
+                .map_or(0, |l| u32::try_from(l).unwrap_or(u32::MAX)),
+        };
+        match self
+            .call(
+                self.subjects.request(Op::History, room),
+                payload.encode_to_vec(),
+            )
+            .await?
+        {
+            Reply::Events(events) => wire::events_from_proto(events.events),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn presence(&self, room: &RoomName) -> Result<Vec<String>, BusError> {
+        let payload = pb::BusPresence {
+            room: room.to_string(),
+        };
+        match self
+            .call(
+                self.subjects.request(Op::Presence, room),
+                payload.encode_to_vec(),
+            )
+            .await?
+        {
+            Reply::Users(users) => Ok(users.users),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn join(&self, room: &RoomName, user: &str, conn: &str) -> Result<(), BusError> {
+        // Held first: if the core is unreachable now, the refresher
+        // announces the entry once it is back.
+        self.held().insert(HeldEntry {
+            room: room.clone(),
+            user: user.to_owned(),
+            conn: conn.to_owned(),
+        });
+        self.change_presence(Op::Join, room, user, conn).await
+    }
+
+    async fn leave(&self, room: &RoomName, user: &str, conn: &str) -> Result<(), BusError> {
+        // Forgotten first: if the core misses this, the entry expires.
+        self.held().remove(&HeldEntry {
+            room: room.clone(),
+            user: user.to_owned(),
+            conn: conn.to_owned(),
+        });
+        self.change_presence(Op::Leave, room, user, conn).await
+    }
+
+    fn is_ready(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+}
+
+struct LiveState {
+    subscription: async_nats::Subscriber,
+    reconnected: Option<broadcast::Receiver<()>>,
+}
+
+impl LiveState {
+    /// Live events, plus `Lagged` after every reconnect: events published
+    /// while the connection was down never reach this subscription.
+    async fn next(mut self) -> Option<(FeedItem, Self)> {
+        loop {
+            let reconnected = async {
+                match self.reconnected.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                message = self.subscription.next() => {
+                    let message = message?;
+                    if let Some(event) = decode_live(&message) {
+                        return Some((FeedItem::Event(event), self));
+                    }
+                }
+                signal = reconnected => match signal {
+                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return Some((FeedItem::Lagged, self));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => self.reconnected = None,
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,53 @@
+use crate::{NatsError, Subjects};
+use std::time::Duration;
+
+/// Where JetStream keeps the room logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    File,
+    Memory,
+}
+
+impl std::str::FromStr for StorageKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "file" => Ok(StorageKind::File),
+            "memory" => Ok(StorageKind::Memory),
+            other => Err(format!("unknown storage {other:?} (file|memory)")),
+        }
+    }
+}
+
+/// Settings shared by every role that talks to NATS.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// One or more server URLs, comma-separated.
+    pub url: String,
+    pub subjects: Subjects,
+    /// Bound of every request to the core.
+    pub request_timeout: Duration,
+    /// A connection not refreshed for this long is no longer present.
+    pub presence_ttl: Duration,
+    /// Room-log and presence storage (core only).
+    pub storage: StorageKind,
+    /// JetStream replicas of the stream and bucket (core only; 3 in a cluster).
+    pub replicas: usize,
+    /// Client name shown by the server's monitoring.
+    pub name: String,
+}
+
+impl NatsConfig {
+    pub fn new(url: &str, prefix: &str, name: &str) -> Result<Self, NatsError> {
+        Ok(Self {
+            url: url.to_owned(),
+            subjects: Subjects::new(prefix)?,
+            request_timeout: Duration::from_secs(5),
+            presence_ttl: Duration::from_secs(30),
+            storage: StorageKind::File,
+            replicas: 1,
+            name: name.to_owned(),
+        })
+    }
+}

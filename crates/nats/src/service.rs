@@ -1,0 +1,373 @@
+//! The core side: answers bus requests from every gateway (queue group,
+//! so replicas share the load) and is the only writer of JetStream.
+
+use crate::presence::{PresenceStore, Transitions};
+use crate::store::RoomLogs;
+use crate::subjects::Op;
+use crate::wire::{self, encode_error, encode_reply};
+use crate::{NatsConfig, NatsError, Subjects};
+use async_nats::Client;
+use async_nats::connection::State;
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use switchboard_bus::BusError;
+use switchboard_core::{CoreConfig, CoreError, HistoryQuery};
+use switchboard_protocol::pb::{self, bus_reply::Reply};
+use switchboard_protocol::{Cursor, ErrorCode, RoomName};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Requests handled at once by one core; more wait in the subscription.
+const MAX_IN_FLIGHT: usize = 512;
+/// How long a stopping core lets in-flight requests finish.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// A running core service.
+pub struct CoreService {
+    ready: Arc<AtomicBool>,
+    client: Client,
+}
+
+struct Inner {
+    subjects: Subjects,
+    logs: RoomLogs,
+    presence: PresenceStore,
+    config: CoreConfig,
+    client: Client,
+}
+
+impl CoreService {
+    /// Sets up the stream and bucket (retrying until NATS answers or
+    /// `shutdown`), then serves until `shutdown`.
+    pub async fn start(
+        client: Client,
+        nats: NatsConfig,
+        config: CoreConfig,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), NatsError> {
+        let ready = Arc::new(AtomicBool::new(false));
+        let service = Self {
+            ready: ready.clone(),
+            client: client.clone(),
+        };
+        let requests = client
+            .queue_subscribe(nats.subjects.requests(), nats.subjects.queue_group())
+            .await
+            .map_err(|err| NatsError::Subscribe(err.to_string()))?;
+        let refreshes = client
+            .queue_subscribe(
+                nats.subjects.presence_refresh(),
+                nats.subjects.queue_group(),
+            )
+            .await
+            .map_err(|err| NatsError::Subscribe(err.to_string()))?;
+        let task = tokio::spawn(async move {
+            let Some(inner) = set_up(client, &nats, config, &shutdown).await else {
+                return;
+            };
+            ready.store(true, Ordering::SeqCst);
+            serve(inner, requests, refreshes, nats.presence_ttl, shutdown).await;
+            ready.store(false, Ordering::SeqCst);
+        });
+        Ok((service, task))
+    }
+
+    /// Ready: the stream and bucket exist and NATS is connected.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && self.client.connection_state() == State::Connected
+    }
+}
+
+async fn set_up(
+    client: Client,
+    nats: &NatsConfig,
+    config: CoreConfig,
+    shutdown: &CancellationToken,
+) -> Option<Arc<Inner>> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let js = async_nats::jetstream::new(client.clone());
+        let attempt = async {
+            let logs = RoomLogs::open(js.clone(), nats, &config).await?;
+            let presence = PresenceStore::open(&js, nats).await?;
+            Ok::<_, NatsError>((logs, presence))
+        };
+        match attempt.await {
+            Ok((logs, presence)) => {
+                return Some(Arc::new(Inner {
+                    subjects: nats.subjects.clone(),
+                    logs,
+                    presence,
+                    config,
+                    client,
+                }));
+            }
+            Err(err) => tracing::warn!(%err, ?backoff, "JetStream set-up failed; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn serve(
+    inner: Arc<Inner>,
+    mut requests: async_nats::Subscriber,
+    mut refreshes: async_nats::Subscriber,
+    presence_ttl: Duration,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut in_flight = JoinSet::new();
+    let mut sweep = tokio::time::interval((presence_ttl / 3).max(Duration::from_millis(100)));
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            message = requests.next() => message,
+            message = refreshes.next() => message,
+            _ = sweep.tick() => {
+                let inner = inner.clone();
+                in_flight.spawn(async move { inner.sweep().await });
+                continue;
+            }
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
+        };
+        let Some(message) = message else { break };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let inner = inner.clone();
+        in_flight.spawn(async move {
+            inner.answer(message).await;
+            drop(permit);
+        });
+    }
+    let _ = requests.unsubscribe().await;
+    let _ = refreshes.unsubscribe().await;
+    let drained = tokio::time::timeout(DRAIN, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("core stopped with requests still in flight");
+    }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn bad(message: impl Into<String>) -> BusError {
+    BusError::Remote {
+        code: ErrorCode::BadFrame,
+        message: message.into(),
+    }
+}
+
+fn decode<M: prost::Message + Default>(payload: &[u8]) -> Result<M, BusError> {
+    M::decode(payload).map_err(|err| bad(format!("undecodable request: {err}")))
+}
+
+fn parse_cursor(text: &str) -> Result<Option<Cursor>, BusError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|err| BusError::Rejected(CoreError::Protocol(err)))
+}
+
+impl Inner {
+    async fn answer(&self, message: async_nats::Message) {
+        let Some(reply_to) = message.reply.clone() else {
+            return;
+        };
+        let outcome = if message.subject.as_str() == self.subjects.presence_refresh() {
+            self.refresh(&message.payload).await
+        } else {
+            match self.subjects.parse_request(&message.subject) {
+                Some((op, room)) => self.dispatch(op, room, &message.payload).await,
+                None => Err(bad(format!("unknown request subject {}", message.subject))),
+            }
+        };
+        let payload = match outcome {
+            Ok(reply) => encode_reply(reply),
+            Err(err) => encode_error(err.code(), &err.to_string()),
+        };
+        if let Err(err) = self.client.publish(reply_to, payload).await {
+            tracing::warn!(%err, "could not reply to a bus request");
+        }
+    }
+
+    async fn dispatch(&self, op: Op, room: RoomName, payload: &[u8]) -> Result<Reply, BusError> {
+        match op {
+            Op::Publish => {
+                let req: pb::BusPublish = decode(payload)?;
+                switchboard_core::validate_text(&req.text, self.config.max_text_bytes)?;
+                switchboard_core::validate_user(&req.user)?;
+                let id = (!req.id.is_empty()).then_some(req.id);
+                if let Some(id) = &id {
+                    switchboard_core::validate_publish_id(id)?;
+                }
+                let draft = pb::Event {
+                    room: room.to_string(),
+                    r#type: pb::EventType::Message as i32,
+                    id: id.clone().unwrap_or_default(),
+                    user: req.user,
+                    text: req.text,
+                    ts_unix_ms: unix_ms(),
+                    ..Default::default()
+                };
+                let (cursor, duplicate) = self.logs.append(&room, draft, id).await?;
+                Ok(Reply::Publish(pb::BusPublishAck {
+                    cursor: cursor.to_string(),
+                    duplicate,
+                }))
+            }
+            Op::Resume => {
+                let req: pb::BusResume = decode(payload)?;
+                let since = parse_cursor(&req.since)?;
+                let resume = self.logs.resume(&room, since.as_ref()).await?;
+                Ok(Reply::Resume(pb::BusResumeReply {
+                    events: wire::events_to_proto(&resume.events),
+                    head: resume.head.to_string(),
+                    recovered: resume.recovered,
+                }))
+            }
+            Op::History => {
+                let req: pb::BusHistory = decode(payload)?;
+                let query = HistoryQuery {
+                    after: parse_cursor(&req.after)?,
+                    before: parse_cursor(&req.before)?,
+                    limit: (req.limit != 0).then_some(req.limit as usize),
+                };
+                let events = self.logs.history(&room, &query).await?;
+                Ok(Reply::Events(pb::BusEvents {
+                    events: wire::events_to_proto(&events),
+                }))
+            }
+            Op::Presence => Ok(Reply::Users(pb::BusUsers {
+                users: self.presence.users(&room).await?,
+            })),
+            Op::Join | Op::Leave => {
+                let change: pb::BusPresenceChange = decode(payload)?;
+                let mut entries = Vec::new();
+                for entry in change.entries {
+                    switchboard_core::validate_user(&entry.user)?;
+                    if entry.room != room.as_str() {
+                        return Err(bad("presence entry for another room"));
+                    }
+                    entries.push((entry.user, entry.conn));
+                }
+                let joining = op == Op::Join;
+                let transitions = self
+                    .presence
+                    .update(&room, |presence, now| {
+                        for (user, conn) in &entries {
+                            if joining {
+                                presence
+                                    .entry(user.clone())
+                                    .or_default()
+                                    .insert(conn.clone(), now);
+                            } else if let Some(conns) = presence.get_mut(user) {
+                                conns.remove(conn);
+                                if conns.is_empty() {
+                                    presence.remove(user);
+                                }
+                            }
+                        }
+                    })
+                    .await?;
+                self.announce(&room, transitions).await?;
+                Ok(Reply::Done(true))
+            }
+        }
+    }
+
+    /// A gateway vouches for all its connections at once.
+    async fn refresh(&self, payload: &[u8]) -> Result<Reply, BusError> {
+        let change: pb::BusPresenceChange = decode(payload)?;
+        let mut by_room: BTreeMap<RoomName, Vec<(String, String)>> = BTreeMap::new();
+        for entry in change.entries {
+            let Ok(room) = RoomName::parse(&entry.room) else {
+                continue;
+            };
+            by_room
+                .entry(room)
+                .or_default()
+                .push((entry.user, entry.conn));
+        }
+        for (room, entries) in by_room {
+            let transitions = self
+                .presence
+                .update(&room, |presence, now| {
+                    for (user, conn) in &entries {
+                        presence
+                            .entry(user.clone())
+                            .or_default()
+                            .insert(conn.clone(), now);
+                    }
+                })
+                .await?;
+            self.announce(&room, transitions).await?;
+        }
+        Ok(Reply::Done(true))
+    }
+
+    /// Prunes connections whose gateway stopped refreshing them, and
+    /// notices a recreated stream.
+    async fn sweep(&self) {
+        if let Err(err) = self.logs.refresh_epoch().await {
+            tracing::debug!(%err, "epoch check failed");
+        }
+        let rooms = match self.presence.rooms().await {
+            Ok(rooms) => rooms,
+            Err(err) => {
+                tracing::debug!(%err, "presence sweep skipped");
+                return;
+            }
+        };
+        for room in rooms {
+            let outcome = match self.presence.update(&room, |_, _| {}).await {
+                Ok(transitions) => self.announce(&room, transitions).await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = outcome {
+                tracing::warn!(%room, %err, "presence sweep failed");
+            }
+        }
+    }
+
+    /// Stores the join and leave events of a presence change.
+    async fn announce(&self, room: &RoomName, transitions: Transitions) -> Result<(), BusError> {
+        let changes = transitions
+            .joined
+            .into_iter()
+            .map(|u| (u, pb::EventType::Join))
+            .chain(
+                transitions
+                    .left
+                    .into_iter()
+                    .map(|u| (u, pb::EventType::Leave)),
+            );
+        for (user, kind) in changes {
+            let draft = pb::Event {
+                room: room.to_string(),
+                r#type: kind as i32,
+                user,
+                ts_unix_ms: unix_ms(),
+                ..Default::default()
+            };
+            self.logs.append(room, draft, None).await?;
+        }
+        Ok(())
+    }
+}

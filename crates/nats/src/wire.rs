@@ -1,0 +1,65 @@
+//! Encoding of bus requests, replies and stored events on NATS.
+
+use bytes::Bytes;
+use prost::Message;
+use std::sync::Arc;
+use switchboard_bus::BusError;
+use switchboard_protocol::pb::{self, bus_reply::Reply};
+use switchboard_protocol::{ErrorCode, Event, ProtocolError, SharedEvent};
+
+/// Header naming the epoch (stream instance) a stored event belongs to;
+/// with the stream sequence it makes the event's cursor.
+pub const EPOCH_HEADER: &str = "Sb-Epoch";
+
+pub fn encode_reply(reply: Reply) -> Bytes {
+    Bytes::from(pb::BusReply { reply: Some(reply) }.encode_to_vec())
+}
+
+pub fn encode_error(code: ErrorCode, message: &str) -> Bytes {
+    encode_reply(Reply::Error(pb::BusError {
+        code: code.as_str().to_owned(),
+        message: message.to_owned(),
+    }))
+}
+
+/// A core's answer, with its error turned back into a [`BusError`].
+pub fn decode_reply(payload: &[u8]) -> Result<Reply, BusError> {
+    let reply = pb::BusReply::decode(payload)
+        .map_err(|err| BusError::Unavailable(format!("undecodable core reply: {err}")))?;
+    match reply.reply {
+        Some(Reply::Error(err)) => Err(BusError::Remote {
+            code: ErrorCode::parse(&err.code).unwrap_or(ErrorCode::Unavailable),
+            message: err.message,
+        }),
+        Some(reply) => Ok(reply),
+        None => Err(BusError::Unavailable("empty core reply".into())),
+    }
+}
+
+/// Rebuilds a stored event: the payload is an `Event` without cursor; the
+/// cursor is `<epoch>:<stream sequence>`.
+pub fn stored_event(
+    payload: &[u8],
+    epoch: &str,
+    sequence: u64,
+) -> Result<Arc<SharedEvent>, ProtocolError> {
+    let mut event =
+        pb::Event::decode(payload).map_err(|err| ProtocolError::BadEvent(err.to_string()))?;
+    event.cursor = format!("{epoch}:{sequence}");
+    Ok(SharedEvent::new(Event::from_proto(event)?))
+}
+
+pub fn events_to_proto(events: &[Arc<SharedEvent>]) -> Vec<pb::Event> {
+    events.iter().map(|e| e.event().to_proto()).collect()
+}
+
+pub fn events_from_proto(events: Vec<pb::Event>) -> Result<Vec<Arc<SharedEvent>>, BusError> {
+    events
+        .into_iter()
+        .map(|e| {
+            Event::from_proto(e)
+                .map(SharedEvent::new)
+                .map_err(|err| BusError::Unavailable(format!("bad event from core: {err}")))
+        })
+        .collect()
+}
