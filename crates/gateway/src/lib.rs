@@ -88,7 +88,12 @@ pub struct Gateway {
     /// HTTP publishes have no connection; they are rate-limited per user.
     api_buckets: Vec<Mutex<HashMap<String, TokenBucket>>>,
     hasher: RandomState,
+    /// What else the process needs to be ready (the core service, say).
+    also_ready: std::sync::OnceLock<ReadinessCheck>,
 }
+
+/// An extra condition of readiness, added by the role that runs the gateway.
+pub type ReadinessCheck = Box<dyn Fn() -> bool + Send + Sync>;
 
 impl Gateway {
     /// `shutdown` is the process's shutdown signal; sessions close with
@@ -109,7 +114,13 @@ impl Gateway {
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
             hasher: RandomState::new(),
+            also_ready: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes readiness also depend on `check` (set once, at start-up).
+    pub fn require_for_readiness(&self, check: ReadinessCheck) {
+        let _ = self.also_ready.set(check);
     }
 
     pub fn bus(&self) -> &Arc<dyn Bus> {
@@ -130,7 +141,9 @@ impl Gateway {
 
     /// Ready: the bus reaches the core and the process is not draining.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.bus.is_ready()
+        !self.draining.load(Ordering::Relaxed)
+            && self.bus.is_ready()
+            && self.also_ready.get().is_none_or(|check| check())
     }
 
     /// Starts a graceful shutdown: readiness goes false, new publishes are

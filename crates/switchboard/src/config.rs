@@ -182,9 +182,64 @@ impl RetentionArgs {
     }
 }
 
-/// Everything `switchboard standalone` needs.
+/// NATS connection and JetStream layout (distributed mode).
 #[derive(Debug, Clone, Args)]
-pub struct StandaloneArgs {
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated. Required by core and the
+    /// gateways; with `standalone` it replaces the in-memory bus.
+    #[arg(long, env = "SWITCHBOARD_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Prefix of every subject, stream and bucket name.
+    #[arg(long, env = "SWITCHBOARD_NATS_PREFIX", default_value = "sb")]
+    pub nats_prefix: String,
+    /// Bound of each request from a gateway to the core.
+    #[arg(long, env = "SWITCHBOARD_NATS_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub nats_request_timeout: Duration,
+    /// A connection whose gateway stops refreshing it leaves after this.
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub presence_ttl: Duration,
+    /// JetStream storage of room logs and presence: file or memory (core).
+    #[arg(long, env = "SWITCHBOARD_JETSTREAM_STORAGE", default_value = "file")]
+    pub jetstream_storage: switchboard_nats::StorageKind,
+    /// JetStream replicas of the stream and bucket: 3 in a cluster (core).
+    #[arg(long, env = "SWITCHBOARD_JETSTREAM_REPLICAS", default_value_t = 1)]
+    pub jetstream_replicas: usize,
+}
+
+impl NatsArgs {
+    /// The NATS settings, if a URL was given.
+    pub fn config(&self, role: &str) -> Result<Option<switchboard_nats::NatsConfig>, StartError> {
+        let Some(url) = &self.nats_url else {
+            return Ok(None);
+        };
+        let mut config = switchboard_nats::NatsConfig::new(
+            url,
+            &self.nats_prefix,
+            &format!("switchboard-{role}"),
+        )
+        .map_err(|err| StartError::Config(err.to_string()))?;
+        if self.presence_ttl < Duration::from_millis(300) {
+            return Err(StartError::Config(
+                "--presence-ttl must be at least 300ms".into(),
+            ));
+        }
+        if !(1..=5).contains(&self.jetstream_replicas) {
+            return Err(StartError::Config(
+                "--jetstream-replicas must be 1 to 5".into(),
+            ));
+        }
+        config.request_timeout = self.nats_request_timeout;
+        config.presence_ttl = self.presence_ttl;
+        config.storage = self.jetstream_storage;
+        config.replicas = self.jetstream_replicas;
+        Ok(Some(config))
+    }
+}
+
+/// Everything a role needs; each role uses its part (a gateway ignores
+/// `--grpc-addr` and retention, the core serves only ops over HTTP).
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
     /// Address of HTTP (WebSocket, SSE, API, demo page, ops endpoints).
     #[arg(long, env = "SWITCHBOARD_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -200,7 +255,12 @@ pub struct StandaloneArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub retention: RetentionArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
 }
+
+/// The name the standalone role has always had.
+pub type StandaloneArgs = ServeArgs;
 
 #[cfg(test)]
 mod tests {

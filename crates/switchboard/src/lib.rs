@@ -1,11 +1,13 @@
 //! Assembles Switchboard's roles from the library crates.
 //!
-//! [`standalone::start`] runs the core (on the in-memory bus), the
-//! WebSocket and SSE gateways, the HTTP API and the gRPC API in one
-//! process; it returns the bound addresses, so port 0 works for tests.
+//! [`server::start`] runs any role: `standalone` (core, WebSocket and SSE
+//! gateways, HTTP and gRPC APIs in one process, on the in-memory bus or on
+//! NATS), `core`, `ws-gateway` or `sse-gateway`. It returns the bound
+//! addresses, so port 0 works for tests.
 //! [`config`] holds the typed, validated settings the binary's flags fill.
 
 pub mod config;
+pub mod server;
 pub mod standalone;
 
 /// Why a role could not start.

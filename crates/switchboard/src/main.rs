@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use switchboard::config::StandaloneArgs;
-use switchboard::standalone;
+use switchboard::config::ServeArgs;
+use switchboard::server::{self, Role};
 use switchboard_telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -18,7 +18,7 @@ struct Cli {
     command: Option<Command>,
     /// Flags of `standalone`, the default when no subcommand is given.
     #[command(flatten)]
-    standalone: StandaloneArgs,
+    standalone: ServeArgs,
     /// Log format: human or json. Filter with RUST_LOG.
     #[arg(
         long,
@@ -32,25 +32,35 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Core, WebSocket + SSE gateways, HTTP and gRPC APIs in one process,
-    /// on the in-memory bus (the default).
-    Standalone(StandaloneArgs),
+    /// on the in-memory bus, or on NATS with --nats-url (the default role).
+    Standalone(ServeArgs),
+    /// The core: the one writer of the JetStream room logs and presence,
+    /// answering gateways over NATS; serves the gRPC API and ops endpoints.
+    Core(ServeArgs),
+    /// The WebSocket gateway (and the HTTP API), talking to the core over NATS.
+    WsGateway(ServeArgs),
+    /// The SSE gateway (and the HTTP API), talking to the core over NATS.
+    SseGateway(ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     switchboard_telemetry::init_logging(cli.log_format, "info");
-    let args = match cli.command {
-        Some(Command::Standalone(args)) => args,
-        None => cli.standalone,
+    let (role, args) = match cli.command {
+        Some(Command::Standalone(args)) => (Role::Standalone, args),
+        Some(Command::Core(args)) => (Role::Core, args),
+        Some(Command::WsGateway(args)) => (Role::WsGateway, args),
+        Some(Command::SseGateway(args)) => (Role::SseGateway, args),
+        None => (Role::Standalone, cli.standalone),
     };
     tokio::runtime::Runtime::new()
         .context("starting the Tokio runtime")?
-        .block_on(run_standalone(args))
+        .block_on(run(role, args))
 }
 
-async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
-    log_config(&args);
-    let server = standalone::start(&args).await?;
+async fn run(role: Role, args: ServeArgs) -> anyhow::Result<()> {
+    log_config(role, &args);
+    let server = server::start(role, &args).await?;
     shutdown_signal().await;
     tracing::info!(grace = ?args.shutdown_grace, "shutting down");
     if !server.shutdown(args.shutdown_grace).await {
@@ -60,13 +70,16 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
 }
 
 /// Prints the effective settings with secrets redacted.
-fn log_config(args: &StandaloneArgs) {
+fn log_config(role: Role, args: &ServeArgs) {
     let auth = match (&args.auth.jwt_secret, &args.auth.jwt_public_key) {
         (Some(_), _) => "jwt-hs256 (secret redacted)".to_owned(),
         (None, Some(path)) => format!("jwt-public-key {}", path.display()),
         (None, None) => "anonymous".to_owned(),
     };
     tracing::info!(
+        role = role.name(),
+        nats_url = args.nats.nats_url.as_deref().unwrap_or("(memory bus)"),
+        nats_prefix = %args.nats.nats_prefix,
         http_addr = %args.http_addr,
         grpc_addr = %args.grpc_addr,
         auth,

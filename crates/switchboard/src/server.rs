@@ -1,0 +1,209 @@
+//! Starts any role: binds its listeners, picks its bus, serves its routes.
+
+use crate::StartError;
+use crate::config::ServeArgs;
+use axum::Router;
+use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use switchboard_bus::{Bus, MemoryBus};
+use switchboard_gateway::{Gateway, GatewayConfig, demo_page, ops_routes};
+use switchboard_nats::{CoreService, NatsBus};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The roles of the one binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Core and both gateways in one process (memory bus, or NATS).
+    Standalone,
+    /// The one writer: JetStream room logs, presence, the gRPC API.
+    Core,
+    /// WebSocket clients and the HTTP API.
+    WsGateway,
+    /// SSE clients and the HTTP API.
+    SseGateway,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Standalone => "standalone",
+            Role::Core => "core",
+            Role::WsGateway => "ws-gateway",
+            Role::SseGateway => "sse-gateway",
+        }
+    }
+
+    fn runs_core(self) -> bool {
+        matches!(self, Role::Standalone | Role::Core)
+    }
+}
+
+/// A running role.
+pub struct Server {
+    pub role: Role,
+    pub http_addr: SocketAddr,
+    /// The gRPC API, on the roles that serve it (standalone, core).
+    pub grpc_addr: Option<SocketAddr>,
+    gateway: Arc<Gateway>,
+    tasks: JoinSet<()>,
+}
+
+impl Server {
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Graceful shutdown (spec §8): readiness goes false, listeners stop
+    /// accepting, WebSockets close with 1012, SSE streams end, in-flight
+    /// calls finish. Returns false if `grace` ran out first.
+    pub async fn shutdown(mut self, grace: Duration) -> bool {
+        self.gateway.drain();
+        let all_done = async { while self.tasks.join_next().await.is_some() {} };
+        let finished = tokio::time::timeout(grace, all_done).await.is_ok();
+        if !finished {
+            self.tasks.abort_all();
+        }
+        finished
+    }
+}
+
+/// Starts `role` and serves until [`Server::shutdown`].
+pub async fn start(role: Role, args: &ServeArgs) -> Result<Server, StartError> {
+    switchboard_telemetry::prometheus();
+    let limits = args.limits.limits()?;
+    let core_config = args.retention.core_config(limits.max_text_bytes)?;
+    let auth = args.auth.authenticator()?;
+    let nats = args.nats.config(role.name())?;
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+
+    let (bus, core): (Arc<dyn Bus>, Option<CoreService>) = match (nats, role) {
+        (None, Role::Standalone) => (MemoryBus::new(core_config), None),
+        (None, _) => {
+            return Err(StartError::Config(format!(
+                "--nats-url (SWITCHBOARD_NATS_URL) is required for the {} role",
+                role.name()
+            )));
+        }
+        (Some(nats), _) => {
+            let bus = NatsBus::connect(&nats)
+                .await
+                .map_err(|err| StartError::Config(err.to_string()))?;
+            let core = if role.runs_core() {
+                let (core, task) = CoreService::start(
+                    bus.client().clone(),
+                    nats.clone(),
+                    core_config,
+                    shutdown.clone(),
+                )
+                .await
+                .map_err(|err| StartError::Config(err.to_string()))?;
+                tasks.spawn(async move {
+                    let _ = task.await;
+                });
+                Some(core)
+            } else {
+                None
+            };
+            (bus, core)
+        }
+    };
+
+    let gateway = Gateway::new(
+        bus,
+        GatewayConfig {
+            limits,
+            allowed_origins: args.limits.allowed_origins.clone(),
+            auth,
+        },
+        shutdown.clone(),
+    );
+    if let Some(core) = core {
+        gateway.require_for_readiness(Box::new(move || core.is_ready()));
+    }
+
+    let http = bind("HTTP", args.http_addr).await?;
+    let http_addr = local_addr("HTTP", &http, args.http_addr)?;
+    let router = router(role, gateway.clone());
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(http, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(err) = served {
+            tracing::error!(%err, "HTTP server failed");
+        }
+    });
+
+    let grpc_addr = if role.runs_core() {
+        let grpc = bind("gRPC", args.grpc_addr).await?;
+        let grpc_addr = local_addr("gRPC", &grpc, args.grpc_addr)?;
+        let grpc_gateway = gateway.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(err) = switchboard_grpc::serve(grpc_gateway, grpc, stop).await {
+                tracing::error!(%err, "gRPC server failed");
+            }
+        });
+        Some(grpc_addr)
+    } else {
+        None
+    };
+    match grpc_addr {
+        Some(grpc_addr) => {
+            tracing::info!(role = role.name(), %http_addr, %grpc_addr, "switchboard listening");
+        }
+        None => tracing::info!(role = role.name(), %http_addr, "switchboard listening"),
+    }
+    Ok(Server {
+        role,
+        http_addr,
+        grpc_addr,
+        gateway,
+        tasks,
+    })
+}
+
+/// The HTTP routes of each role.
+pub fn router(role: Role, gateway: Arc<Gateway>) -> Router {
+    let ops = ops_routes(gateway.clone());
+    let router = match role {
+        Role::Standalone => demo_page()
+            .merge(switchboard_ws::routes(gateway.clone()))
+            .merge(switchboard_sse::routes(gateway)),
+        Role::WsGateway => demo_page()
+            .merge(switchboard_ws::routes(gateway.clone()))
+            .merge(switchboard_sse::api_routes(gateway)),
+        Role::SseGateway => demo_page().merge(switchboard_sse::routes(gateway)),
+        Role::Core => Router::new(),
+    };
+    router.merge(ops).fallback(not_found)
+}
+
+async fn not_found(uri: Uri) -> Response {
+    let body = serde_json::json!({
+        "error": { "code": "not_found", "message": format!("no route for {}", uri.path()) }
+    });
+    (axum::http::StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn local_addr(
+    what: &'static str,
+    listener: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
