@@ -17,8 +17,10 @@ use switchboard_core::{CoreConfig, CoreError, HistoryQuery, Resume};
 use switchboard_protocol::{Cursor, Epoch, ProtocolError, RoomName, SharedEvent, pb};
 use switchboard_telemetry::names;
 
-/// Optimistic-concurrency attempts per append before giving up.
-const APPEND_ATTEMPTS: usize = 8;
+/// Optimistic-concurrency attempts per append before giving up. Conflicts
+/// are normal when several core replicas append to one busy room; each
+/// retry costs one round trip, and some replica wins every round.
+const APPEND_ATTEMPTS: usize = 64;
 /// Resumes reading fewer events than this use direct gets; longer ones an
 /// ordered consumer (cheaper in bulk, but a server-side object).
 const DIRECT_READS: usize = 16;
@@ -211,7 +213,12 @@ impl RoomLogs {
                     return Ok((Cursor::new(epoch, ack.sequence), ack.duplicate));
                 }
                 Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
-                    self.forget_last(room);
+                    // The server names the subject's current last sequence:
+                    // retry on top of it without another round trip.
+                    match current_last_sequence(&err.to_string()) {
+                        Some(last) => self.remember_last(room, last),
+                        None => self.forget_last(room),
+                    }
                     // On a single-replica stream a retried duplicate is
                     // refused for its stale expectation before dedup runs:
                     // if the message after `expected` is ours, it was stored.
@@ -380,6 +387,14 @@ fn decode(payload: &[u8], epoch: &Epoch, sequence: u64) -> Result<Arc<SharedEven
         .map_err(|err| BusError::Unavailable(format!("undecodable stored event {sequence}: {err}")))
 }
 
+/// "wrong last sequence: 8 (code 400, error code 10071)" → 8.
+fn current_last_sequence(message: &str) -> Option<u64> {
+    const MARK: &str = "wrong last sequence: ";
+    let tail = &message[message.rfind(MARK)? + MARK.len()..];
+    let digits: String = tail.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 fn publish_failed(stage: &'static str, err: impl std::fmt::Display) -> BusError {
     metrics::counter!(names::JETSTREAM_PUBLISH_ERRORS, "reason" => stage).increment(1);
     BusError::Unavailable(format!("JetStream did not store the message: {err}"))
@@ -401,4 +416,14 @@ async fn epoch_of(stream: &mut stream::Stream) -> Result<Epoch, String> {
     }
     out.reverse();
     Epoch::parse(&String::from_utf8_lossy(&out)).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_current_sequence_from_a_conflict() {
+        let message = "wrong last sequence: wrong last sequence: 8 (code 400, error code 10071)";
+        assert_eq!(super::current_last_sequence(message), Some(8));
+        assert_eq!(super::current_last_sequence("something else"), None);
+    }
 }

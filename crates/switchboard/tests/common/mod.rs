@@ -3,6 +3,8 @@
 //! wait is bounded by [`WAIT`].
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod procs;
+
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -52,7 +54,7 @@ impl TestServer {
         let server = standalone::start(&cli.args).await.expect("server starts");
         Self {
             http: server.http_addr,
-            grpc: server.grpc_addr,
+            grpc: server.grpc_addr.expect("standalone serves gRPC"),
             server: Some(server),
         }
     }

@@ -1,0 +1,288 @@
+//! Real processes for distributed tests: `nats-server` (single node or a
+//! JetStream cluster) and `switchboard` roles, each on free loopback ports.
+//! Every wait is bounded; processes are killed when dropped.
+
+use super::WAIT;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `NATS_SERVER_BIN`, else `nats-server` on `PATH` (the test script
+/// installs it there).
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("NATS_SERVER_BIN") {
+        return PathBuf::from(bin);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+        .expect("nats-server not found: run ./scripts/test.sh, or set NATS_SERVER_BIN")
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {port} in time"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One `nats-server` with JetStream and file storage.
+pub struct Nats {
+    pub port: u16,
+    pub cluster_port: u16,
+    store: PathBuf,
+    routes: Vec<u16>,
+    name: String,
+    child: Option<Child>,
+}
+
+impl Nats {
+    pub fn start(store: &Path) -> Self {
+        Self::start_node("n0", store, free_port(), free_port(), Vec::new())
+    }
+
+    fn start_node(
+        name: &str,
+        store: &Path,
+        port: u16,
+        cluster_port: u16,
+        routes: Vec<u16>,
+    ) -> Self {
+        let mut nats = Self {
+            port,
+            cluster_port,
+            store: store.to_path_buf(),
+            routes,
+            name: name.to_owned(),
+            child: None,
+        };
+        nats.run();
+        nats
+    }
+
+    fn run(&mut self) {
+        std::fs::create_dir_all(&self.store).expect("store dir");
+        let mut command = Command::new(nats_server_bin());
+        command
+            .args(["-js", "-a", "127.0.0.1", "-n", &self.name])
+            .args(["-p", &self.port.to_string()])
+            .arg("-sd")
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if !self.routes.is_empty() {
+            let routes: Vec<String> = self
+                .routes
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            command
+                .args(["--cluster_name", "sbtest"])
+                .args([
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{}", self.cluster_port),
+                ])
+                .args(["--routes", &routes.join(",")]);
+        }
+        self.child = Some(command.spawn().expect("nats-server starts"));
+        wait_for_port(self.port, "nats-server");
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server at once (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.run();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A 3-node JetStream cluster.
+pub struct NatsCluster {
+    pub nodes: Vec<Nats>,
+}
+
+impl NatsCluster {
+    pub fn start(store: &Path) -> Self {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, cluster))| {
+                let routes = ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, (_, c))| *c)
+                    .collect();
+                Nats::start_node(
+                    &format!("n{i}"),
+                    &store.join(format!("n{i}")),
+                    *port,
+                    *cluster,
+                    routes,
+                )
+            })
+            .collect();
+        Self { nodes }
+    }
+
+    /// Every node's URL, for clients that fail over.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Nats::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A `switchboard` process in one role.
+pub struct Service {
+    pub role: String,
+    pub http: SocketAddr,
+    pub grpc: Option<SocketAddr>,
+    child: Child,
+}
+
+impl Service {
+    /// Starts `switchboard <role> --nats-url <url> <extra…>` on free ports
+    /// and waits for its "listening" log line.
+    pub fn start(role: &str, nats_url: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg(role)
+            .args(["--nats-url", nats_url])
+            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("switchboard starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        let name = role.to_owned();
+        std::thread::spawn(move || {
+            let mut announced = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !announced && line.contains("switchboard listening") {
+                    announced = true;
+                    let _ = tx.send(line.clone());
+                }
+                if std::env::var_os("SWITCHBOARD_TEST_LOGS").is_some() {
+                    eprintln!("[{name}] {line}");
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("{role} did not start listening in time"));
+        let log: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        let addr = |key: &str| {
+            log.get(key)
+                .and_then(|v| v.as_str())
+                .map(|s| s.parse::<SocketAddr>().expect("address"))
+        };
+        Self {
+            role: role.to_owned(),
+            http: addr("http_addr").expect("http_addr"),
+            grpc: addr("grpc_addr"),
+            child,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.http)
+    }
+
+    /// Ends the process at once, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits until `/readyz` answers `want` (true: 200).
+    pub async fn wait_ready(&self, want: bool) {
+        let deadline = tokio::time::Instant::now() + WAIT * 3;
+        let client = reqwest::Client::new();
+        loop {
+            let ready = matches!(
+                client.get(self.url("/readyz")).timeout(Duration::from_secs(1)).send().await,
+                Ok(r) if r.status() == 200
+            );
+            if ready == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} readiness did not become {want}",
+                self.role
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A fresh temporary directory, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
