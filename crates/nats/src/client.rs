@@ -66,13 +66,31 @@ pub(crate) async fn connect_with_signal(config: &NatsConfig) -> Result<Connectio
                 }
             }
         })
-        .connect(config.url.as_str())
+        .connect(server_addrs(&config.url)?)
         .await
         .map_err(|err| NatsError::Connect(err.to_string()))?;
     Ok(Connection {
         client,
         reconnected,
     })
+}
+
+/// `nats://a:4222,nats://b:4222` → every server of the list, so the
+/// client fails over between cluster nodes.
+fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, NatsError> {
+    let addrs = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|err| NatsError::Config(format!("NATS URL {u:?}: {err}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        return Err(NatsError::Config("no NATS URL given".into()));
+    }
+    Ok(addrs)
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -385,5 +403,16 @@ impl LiveState {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn url_lists() {
+        let addrs = super::server_addrs("nats://127.0.0.1:1, nats://127.0.0.1:2").expect("valid");
+        assert_eq!(addrs.len(), 2);
+        assert!(super::server_addrs("").is_err());
+        assert!(super::server_addrs("nats://host:notaport").is_err());
     }
 }

@@ -286,3 +286,16 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A gRPC client of a service's API.
+pub async fn grpc(
+    service: &Service,
+) -> switchboard_protocol::pb::chat_client::ChatClient<tonic::transport::Channel> {
+    let addr = service.grpc.expect("service serves gRPC");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("gRPC connects");
+    switchboard_protocol::pb::chat_client::ChatClient::new(channel)
+}
