@@ -75,6 +75,7 @@ impl Server {
 /// Starts `role` and serves until [`Server::shutdown`].
 pub async fn start(role: Role, args: &ServeArgs) -> Result<Server, StartError> {
     switchboard_telemetry::prometheus();
+    switchboard_telemetry::register_series();
     let limits = args.limits.limits()?;
     let core_config = args.retention.core_config(limits.max_text_bytes)?;
     let auth = args.auth.authenticator()?;
@@ -182,7 +183,20 @@ pub fn router(role: Role, gateway: Arc<Gateway>) -> Router {
         Role::SseGateway => demo_page().merge(switchboard_sse::routes(gateway)),
         Role::Core => Router::new(),
     };
-    router.merge(ops).fallback(not_found)
+    router
+        .merge(ops)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> Response {
+    let body = serde_json::json!({
+        "error": {
+            "code": "method_not_allowed",
+            "message": format!("{method} is not supported on {}", uri.path()),
+        }
+    });
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
 async fn not_found(uri: Uri) -> Response {

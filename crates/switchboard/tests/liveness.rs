@@ -40,7 +40,10 @@ async fn silent_peer_is_dropped_and_counted_while_a_live_one_stays() {
     // frame (1001) may be lost: the pongs it queues on its first read hit
     // a socket the server already closed, and the reset discards it.
     let ended = silent.ended().await;
-    assert!(matches!(ended, Ended::Close(1001) | Ended::Eof), "{ended:?}");
+    assert!(
+        matches!(ended, Ended::Close(1001) | Ended::Eof),
+        "{ended:?}"
+    );
     let body = reqwest::get(server.url("/metrics"))
         .await
         .expect("metrics")

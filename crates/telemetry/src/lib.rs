@@ -101,6 +101,30 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+/// Creates every series at zero, so dashboards and alerts see them from
+/// the first scrape instead of only after the first event.
+pub fn register_series() {
+    const TRANSPORTS: [&str; 4] = ["websocket", "sse", "http", "grpc"];
+    for transport in TRANSPORTS {
+        metrics::gauge!(names::CONNECTIONS, "transport" => transport).increment(0.0);
+        metrics::counter!(names::CONNECTIONS_TOTAL, "transport" => transport).increment(0);
+        metrics::counter!(names::MESSAGES_IN, "transport" => transport).increment(0);
+        metrics::counter!(names::MESSAGES_OUT, "transport" => transport).increment(0);
+        metrics::counter!(names::RATE_LIMITED, "transport" => transport).increment(0);
+    }
+    for result in ["recovered", "lost"] {
+        metrics::counter!(names::RESUMES, "result" => result).increment(0);
+    }
+    for name in [
+        names::SLOW_CONSUMER_DROPS,
+        names::PING_FAILURES,
+        names::GAP_REPAIRS,
+        names::NATS_RECONNECTS,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+}
+
 /// Renders the Prometheus text exposition of every metric.
 pub fn render_metrics() -> String {
     prometheus().render()

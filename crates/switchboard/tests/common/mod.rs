@@ -167,30 +167,43 @@ impl Ws {
             .expect("frame sent");
     }
 
-    /// Next JSON text frame (control frames skipped).
+    /// Next JSON text frame (control frames skipped), within one [`WAIT`].
     pub async fn recv(&mut self) -> Value {
-        loop {
-            let message = tokio::time::timeout(WAIT, self.stream.next())
-                .await
-                .expect("a frame arrives in time")
-                .expect("stream open")
-                .expect("frame readable");
-            match message {
-                Message::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
-                Message::Close(frame) => panic!("closed unexpectedly: {frame:?}"),
-                _ => {}
+        let next_text = async {
+            loop {
+                let message = self
+                    .stream
+                    .next()
+                    .await
+                    .expect("stream open")
+                    .expect("frame readable");
+                match message {
+                    Message::Text(text) => {
+                        return serde_json::from_str(&text).expect("JSON frame");
+                    }
+                    Message::Close(frame) => panic!("closed unexpectedly: {frame:?}"),
+                    _ => {}
+                }
             }
-        }
+        };
+        tokio::time::timeout(WAIT, next_text)
+            .await
+            .expect("a frame arrives in time")
     }
 
-    /// Skips frames until one matches.
+    /// Skips frames until one matches, within one overall [`WAIT`].
     pub async fn recv_until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            let frame = self.recv().await;
-            if pred(&frame) {
-                return frame;
+        let search = async {
+            loop {
+                let frame = self.recv().await;
+                if pred(&frame) {
+                    return frame;
+                }
             }
-        }
+        };
+        tokio::time::timeout(WAIT, search)
+            .await
+            .expect("the expected frame arrives in time")
     }
 
     /// The next frame of `type`.
