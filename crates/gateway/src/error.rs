@@ -12,7 +12,7 @@ pub enum GatewayError {
     Bus(#[from] BusError),
     #[error(transparent)]
     Auth(#[from] AuthError),
-    #[error("{0}")]
+    #[error("{1}")]
     Refused(ErrorCode, String),
 }
 
@@ -28,5 +28,17 @@ impl GatewayError {
 
     pub fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
         GatewayError::Refused(code, message.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_show_their_message_not_their_code() {
+        let err = GatewayError::refused(ErrorCode::RateLimited, "slow down");
+        assert_eq!(err.to_string(), "slow down");
+        assert_eq!(err.code(), ErrorCode::RateLimited);
     }
 }

@@ -225,3 +225,49 @@ async fn killed_gateway_client_resumes_on_the_other_replica() {
         "every acked message exactly once, in order"
     );
 }
+
+/// `standalone --nats-url` runs every role in one process on NATS, and
+/// two installations with different prefixes share one NATS server
+/// without seeing each other's rooms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_on_nats_and_prefix_isolation() {
+    let dir = TempDir::new("prefix");
+    let nats = Nats::start(&dir.0);
+    let blue = Service::start("standalone", &nats.url(), &["--nats-prefix", "blue"]);
+    let green = Service::start("standalone", &nats.url(), &["--nats-prefix", "green"]);
+    blue.wait_ready(true).await;
+    green.wait_ready(true).await;
+
+    let mut blue_reader = Sse::connect(&blue.url("/sse/rooms/shared?user=b"), &[])
+        .await
+        .expect("SSE opens");
+    blue_reader.next_named("subscribed").await;
+    let mut green_reader = Ws::connect(&green.ws_url("/ws?user=g")).await;
+    green_reader.subscribe("shared", None).await;
+
+    let mut blue_writer = Ws::connect(&blue.ws_url("/ws?user=bw")).await;
+    let ack = blue_writer.publish("shared", "for blue", "b-1").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let event = blue_reader.next_named("message").await;
+    assert_eq!(event.data["text"], "for blue");
+    assert_eq!(event.id.as_deref(), ack["cursor"].as_str());
+
+    // Green's room of the same name is another room: its next message is
+    // its own, and its history never held blue's.
+    let mut green_writer = Ws::connect(&green.ws_url("/ws?user=gw")).await;
+    green_writer.publish("shared", "for green", "g-1").await;
+    let frame = green_reader.recv_type("message").await;
+    assert_eq!(frame["text"], "for green");
+    green_reader
+        .send(json!({"type":"history","room":"shared","limit":100}))
+        .await;
+    let history = green_reader.recv_type("history").await;
+    let texts: Vec<_> = history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["type"] == "message")
+        .map(|e| e["text"].clone())
+        .collect();
+    assert_eq!(texts, [json!("for green")]);
+}
