@@ -72,9 +72,13 @@ impl PresenceStore {
         })
     }
 
+    /// Gateways refresh every TTL/3 and cores sweep every TTL/3, so a
+    /// connection counts as stale after 2/3 of the TTL: a live one has
+    /// missed at most one refresh by then, and a dead one's user leaves
+    /// within the TTL.
     fn is_fresh(&self, last_seen_ms: i64, now: i64) -> bool {
-        let ttl = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
-        now.saturating_sub(last_seen_ms) <= ttl
+        let stale_after = i64::try_from((self.ttl * 2 / 3).as_millis()).unwrap_or(i64::MAX);
+        now.saturating_sub(last_seen_ms) <= stale_after
     }
 
     /// Applies `change` to the room (then prunes stale connections) with

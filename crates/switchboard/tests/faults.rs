@@ -193,9 +193,14 @@ async fn users_of_a_crashed_gateway_leave_within_the_ttl() {
     );
 
     doomed.kill();
-    let leave = tokio::time::timeout(WAIT, watcher.recv_until(|f| f["type"] == "leave"))
-        .await
-        .expect("leave within the TTL");
+    let killed = std::time::Instant::now();
+    let leave = watcher.recv_until(|f| f["type"] == "leave").await;
+    // Within the TTL (1.5 s), with slack for a loaded test machine.
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        killed.elapsed()
+    );
     assert_eq!(leave["user"], "ghost");
     let (_, users) = get_json(&survivor, "/api/rooms/pres/presence").await;
     assert_eq!(users["users"], json!(["watcher"]));
