@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // would clash with the `Connect` rpc; clients are built from a Channel.
     tonic_prost_build::configure()
         .build_transport(false)
+        // Events are sent by their once-encoded bytes: see wire_event.rs.
+        .extern_path(".switchboard.v1.Event", "crate::WireEvent")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use switchboard_gateway::{
     CloseReason, Deliver, Delivery, Gateway, GatewayError, Session, Transport,
 };
 use switchboard_protocol::frames::{ClientFrame, ServerFrame};
-use switchboard_protocol::pb;
+use switchboard_protocol::{WireEvent, pb};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
@@ -67,7 +67,7 @@ impl pb::chat_server::Chat for ChatApi {
             let writer = pump::pump(queue, delivery, &control, &gateway, &out, |write| {
                 Some(match write {
                     Deliver::Event(event) => pb::ServerFrame {
-                        frame: Some(pb::server_frame::Frame::Event(event.event().to_proto())),
+                        frame: Some(pb::server_frame::Frame::Event(WireEvent::shared(event))),
                     },
                     Deliver::Frame(frame) => frame.to_proto(),
                 })
@@ -109,7 +109,7 @@ impl pb::chat_server::Chat for ChatApi {
                     Deliver::Frame(ServerFrame::Subscribed {
                         cursor, recovered, ..
                     }) => subscribed = Some((cursor, recovered)),
-                    Deliver::Event(event) => initial.push(event.event().to_proto()),
+                    Deliver::Event(event) => initial.push(WireEvent::shared(event)),
                     Deliver::Frame(_) => {}
                 }
             }
@@ -131,7 +131,7 @@ impl pb::chat_server::Chat for ChatApi {
                 &gateway,
                 &out,
                 |write| match write {
-                    Deliver::Event(event) => Some(event.event().to_proto()),
+                    Deliver::Event(event) => Some(WireEvent::shared(event)),
                     Deliver::Frame(_) => None,
                 },
             )
@@ -192,7 +192,7 @@ impl pb::chat_server::Chat for ChatApi {
             .map_err(|err| to_status(&err))?;
         Ok(Response::new(pb::HistoryResponse {
             room: room.to_string(),
-            events: events.iter().map(|e| e.event().to_proto()).collect(),
+            events: events.into_iter().map(WireEvent::shared).collect(),
         }))
     }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_bus::BusError;
 use switchboard_core::{CoreConfig, CoreError, HistoryQuery};
 use switchboard_protocol::pb::{self, bus_reply::Reply};
-use switchboard_protocol::{Cursor, ErrorCode, RoomName};
+use switchboard_protocol::{Cursor, ErrorCode, EventFields, RoomName};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -217,7 +217,7 @@ impl Inner {
                 if let Some(id) = &id {
                     switchboard_core::validate_publish_id(id)?;
                 }
-                let draft = pb::Event {
+                let draft = EventFields {
                     room: room.to_string(),
                     r#type: pb::EventType::Message as i32,
                     id: id.clone().unwrap_or_default(),
@@ -359,7 +359,7 @@ impl Inner {
                     .map(|u| (u, pb::EventType::Leave)),
             );
         for (user, kind) in changes {
-            let draft = pb::Event {
+            let draft = EventFields {
                 room: room.to_string(),
                 r#type: kind as i32,
                 user,

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use switchboard_bus::BusError;
 use switchboard_core::{CoreConfig, CoreError, HistoryQuery, Resume};
-use switchboard_protocol::{Cursor, Epoch, ProtocolError, RoomName, SharedEvent, pb};
+use switchboard_protocol::{Cursor, Epoch, EventFields, ProtocolError, RoomName, SharedEvent};
 use switchboard_telemetry::names;
 
 /// Optimistic-concurrency attempts per append before giving up. Conflicts
@@ -178,7 +178,7 @@ impl RoomLogs {
     pub(crate) async fn append(
         &self,
         room: &RoomName,
-        mut draft: pb::Event,
+        mut draft: EventFields,
         dedup_id: Option<String>,
     ) -> Result<(Cursor, bool), BusError> {
         let lock = self.room_lock(room);

@@ -5,7 +5,7 @@ use prost::Message;
 use std::sync::Arc;
 use switchboard_bus::BusError;
 use switchboard_protocol::pb::{self, bus_reply::Reply};
-use switchboard_protocol::{ErrorCode, Event, ProtocolError, SharedEvent};
+use switchboard_protocol::{ErrorCode, Event, EventFields, ProtocolError, SharedEvent, WireEvent};
 
 /// Header naming the epoch (stream instance) a stored event belongs to;
 /// with the stream sequence it makes the event's cursor.
@@ -44,16 +44,17 @@ pub fn stored_event(
     sequence: u64,
 ) -> Result<Arc<SharedEvent>, ProtocolError> {
     let mut event =
-        pb::Event::decode(payload).map_err(|err| ProtocolError::BadEvent(err.to_string()))?;
+        EventFields::decode(payload).map_err(|err| ProtocolError::BadEvent(err.to_string()))?;
     event.cursor = format!("{epoch}:{sequence}");
-    Ok(SharedEvent::new(Event::from_proto(event)?))
+    Ok(SharedEvent::new(Event::from_proto(event.into())?))
 }
 
-pub fn events_to_proto(events: &[Arc<SharedEvent>]) -> Vec<pb::Event> {
-    events.iter().map(|e| e.event().to_proto()).collect()
+/// Events for a reply, each written from its cached protobuf bytes.
+pub fn events_to_proto(events: &[Arc<SharedEvent>]) -> Vec<WireEvent> {
+    events.iter().cloned().map(WireEvent::shared).collect()
 }
 
-pub fn events_from_proto(events: Vec<pb::Event>) -> Result<Vec<Arc<SharedEvent>>, BusError> {
+pub fn events_from_proto(events: Vec<WireEvent>) -> Result<Vec<Arc<SharedEvent>>, BusError> {
     events
         .into_iter()
         .map(|e| {

@@ -1,4 +1,4 @@
-use crate::{Cursor, ProtocolError, RoomName, format_rfc3339_millis, pb};
+use crate::{Cursor, EventFields, ProtocolError, RoomName, WireEvent, format_rfc3339_millis, pb};
 use bytes::Bytes;
 use prost::Message;
 use serde::Serialize;
@@ -38,7 +38,9 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn to_proto(&self) -> pb::Event {
+    /// The protobuf fields of this event (an encoding step: prefer
+    /// [`SharedEvent::proto_bytes`] or [`crate::WireEvent::shared`]).
+    pub fn to_fields(&self) -> EventFields {
         let (event_type, id, text) = match &self.kind {
             EventKind::Message { id, text } => (
                 pb::EventType::Message,
@@ -48,7 +50,7 @@ impl Event {
             EventKind::Join => (pb::EventType::Join, String::new(), String::new()),
             EventKind::Leave => (pb::EventType::Leave, String::new(), String::new()),
         };
-        pb::Event {
+        EventFields {
             room: self.room.to_string(),
             cursor: self.cursor.to_string(),
             r#type: event_type as i32,
@@ -60,8 +62,13 @@ impl Event {
         }
     }
 
+    pub fn to_proto(&self) -> WireEvent {
+        WireEvent::from(self.to_fields())
+    }
+
     /// Validates an event that arrived from another process.
-    pub fn from_proto(event: pb::Event) -> Result<Self, ProtocolError> {
+    pub fn from_proto(event: WireEvent) -> Result<Self, ProtocolError> {
+        let event = event.into_fields();
         let kind = match pb::EventType::try_from(event.r#type) {
             Ok(pb::EventType::Message) => EventKind::Message {
                 id: (!event.id.is_empty()).then_some(event.id),
@@ -177,7 +184,7 @@ impl SharedEvent {
     /// The protobuf `switchboard.v1.Event` bytes (the NATS payload).
     pub fn proto_bytes(&self) -> Bytes {
         self.proto
-            .get_or_init(|| Bytes::from(self.event.to_proto().encode_to_vec()))
+            .get_or_init(|| Bytes::from(self.event.to_fields().encode_to_vec()))
             .clone()
     }
 }

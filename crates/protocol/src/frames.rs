@@ -245,7 +245,11 @@ impl ServerFrame {
             }),
             ServerFrame::History { room, events } => Frame::History(pb::HistoryResponse {
                 room: room.clone(),
-                events: events.iter().map(|e| e.event().to_proto()).collect(),
+                events: events
+                    .iter()
+                    .cloned()
+                    .map(crate::WireEvent::shared)
+                    .collect(),
             }),
             ServerFrame::Presence { room, users } => Frame::Presence(pb::PresenceResponse {
                 room: room.clone(),

@@ -15,17 +15,22 @@ mod event;
 pub mod frames;
 mod room;
 mod time;
+mod wire_event;
 
 pub use cursor::{Cursor, Epoch};
 pub use error::{ErrorCode, ProtocolError};
 pub use event::{Event, EventKind, SharedEvent};
 pub use room::RoomName;
 pub use time::format_rfc3339_millis;
+pub use wire_event::{EventFields, WireEvent};
 
 /// Protobuf and gRPC types generated from `proto/`.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("switchboard.v1");
+
+    /// `switchboard.v1.Event`: see [`crate::WireEvent`].
+    pub type Event = crate::WireEvent;
 
     /// The package-less, seed-compatible `ChatService`.
     pub mod seed {

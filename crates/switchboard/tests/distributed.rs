@@ -153,7 +153,7 @@ async fn replicas_deliver_one_order_everywhere() {
         while seen.len() < total {
             let event = next_grpc(stream).await;
             if event.r#type == pb::EventType::Message as i32 {
-                seen.push(event.cursor);
+                seen.push(event.cursor.clone());
             }
         }
         orders.push(seen);

@@ -193,7 +193,7 @@ async fn concurrent_publishes_arrive_everywhere_in_one_order() {
     while seen.len() < TOTAL {
         let event = next_grpc(&mut grpc_stream).await;
         if event.r#type == pb::EventType::Message as i32 {
-            seen.push((event.cursor, event.id));
+            seen.push((event.cursor.clone(), event.id.clone()));
         }
     }
     orders.push(seen);

@@ -406,7 +406,7 @@ async fn connect_speaks_the_whole_protocol() {
         if let S::Event(e) = conn.next().await
             && e.r#type == pb::EventType::Message as i32
         {
-            replayed.push(e.text);
+            replayed.push(e.text.clone());
         }
     }
     assert_eq!(

@@ -170,7 +170,7 @@ async fn grpc_subscribe_resumes_with_since() {
     while replay.len() < 2 {
         let event = next_grpc(&mut stream).await;
         if event.r#type == pb::EventType::Message as i32 {
-            replay.push(event.cursor);
+            replay.push(event.cursor.clone());
         }
     }
     assert_eq!(replay, missed);
