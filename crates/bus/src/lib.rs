@@ -15,6 +15,7 @@ use futures::stream::BoxStream;
 use std::sync::Arc;
 use switchboard_core::{CoreError, HistoryQuery, PublishRequest, Resume};
 use switchboard_protocol::{Cursor, ErrorCode, RoomName, SharedEvent};
+pub use switchboard_telemetry::TraceCarrier;
 
 /// Where a publish was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +27,9 @@ pub struct PublishAck {
 /// One item of a live room feed.
 #[derive(Debug, Clone)]
 pub enum FeedItem {
-    Event(Arc<SharedEvent>),
+    /// A stored event, with the trace context of the append that stored
+    /// it (empty when tracing is off or the bus is in-process).
+    Event(Arc<SharedEvent>, TraceCarrier),
     /// The reader fell behind and events were skipped: repair from history.
     Lagged,
 }

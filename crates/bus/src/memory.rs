@@ -1,4 +1,4 @@
-use crate::{Bus, BusError, FeedItem, LiveFeed, PublishAck};
+use crate::{Bus, BusError, FeedItem, LiveFeed, PublishAck, TraceCarrier};
 use async_trait::async_trait;
 use futures::StreamExt;
 use std::sync::{Arc, Weak};
@@ -61,7 +61,7 @@ impl Bus for MemoryBus {
         let (_, feed) = self.core.subscribe(room, None);
         Ok(BroadcastStream::new(feed)
             .map(|item| match item {
-                Ok(event) => FeedItem::Event(event),
+                Ok(event) => FeedItem::Event(event, TraceCarrier::new()),
                 Err(BroadcastStreamRecvError::Lagged(_)) => FeedItem::Lagged,
             })
             .boxed())

@@ -99,6 +99,7 @@ enum RoomDelivery {
 pub struct Delivery {
     rooms: HashMap<RoomName, RoomDelivery>,
     max_held: usize,
+    transport: &'static str,
 }
 
 /// A connection held more live events during a replay than its queue
@@ -107,10 +108,11 @@ pub struct Delivery {
 pub struct Overflow;
 
 impl Delivery {
-    pub fn new(max_held: usize) -> Self {
+    pub fn new(max_held: usize, transport: crate::Transport) -> Self {
         Self {
             rooms: HashMap::new(),
             max_held,
+            transport: transport.as_str(),
         }
     }
 
@@ -126,6 +128,20 @@ impl Delivery {
             if self.accept(item, &mut out).is_err() {
                 metrics::counter!(switchboard_telemetry::names::SLOW_CONSUMER_DROPS).increment(1);
                 control.close(CloseReason::SlowConsumer);
+            }
+        }
+        // Append → hand-over to the socket writer, which writes at once.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let latency = metrics::histogram!(
+            switchboard_telemetry::names::DELIVERY_LATENCY,
+            "transport" => self.transport
+        );
+        for write in &out {
+            if let Deliver::Event(event) = write {
+                let age_ms = now_ms.saturating_sub(event.event().ts_unix_ms).max(0);
+                latency.record(age_ms as f64 / 1000.0);
             }
         }
         out
@@ -227,7 +243,7 @@ mod tests {
     #[test]
     fn replay_then_held_live_without_duplicates() {
         let room = RoomName::parse("r").expect("room");
-        let mut d = Delivery::new(10);
+        let mut d = Delivery::new(10, crate::Transport::WebSocket);
         let mut out = Vec::new();
         d.accept(Outbound::Subscribing(room.clone()), &mut out)
             .expect("ok");
@@ -257,7 +273,7 @@ mod tests {
     #[test]
     fn holding_too_much_is_overflow() {
         let room = RoomName::parse("r").expect("room");
-        let mut d = Delivery::new(2);
+        let mut d = Delivery::new(2, crate::Transport::WebSocket);
         let mut out = Vec::new();
         d.accept(Outbound::Subscribing(room), &mut out).expect("ok");
         d.accept(Outbound::Event(ev(1)), &mut out).expect("ok");

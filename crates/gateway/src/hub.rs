@@ -12,9 +12,9 @@ use crate::conn::{CloseReason, ConnControl, Outbound};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use switchboard_bus::{Bus, BusError, FeedItem};
+use switchboard_bus::{Bus, BusError, FeedItem, TraceCarrier};
 use switchboard_protocol::{Cursor, RoomName, SharedEvent};
-use switchboard_telemetry::names;
+use switchboard_telemetry::{TRACE_TARGET, names};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
@@ -166,7 +166,7 @@ async fn run_room(
     };
     while let Some(item) = feed.next().await {
         let outcome = match item {
-            FeedItem::Event(event) => room_feed.on_event(event).await,
+            FeedItem::Event(event, trace) => room_feed.on_event(event, &trace).await,
             FeedItem::Lagged => room_feed.repair().await,
         };
         if let Err(why) = outcome {
@@ -191,7 +191,11 @@ struct RoomFanOut<'a> {
 }
 
 impl RoomFanOut<'_> {
-    async fn on_event(&mut self, event: Arc<SharedEvent>) -> Result<(), String> {
+    async fn on_event(
+        &mut self,
+        event: Arc<SharedEvent>,
+        trace: &TraceCarrier,
+    ) -> Result<(), String> {
         if let Some(last) = &self.last
             && last.epoch() == event.event().cursor.epoch()
         {
@@ -209,7 +213,17 @@ impl RoomFanOut<'_> {
                 }
             }
         }
-        self.deliver(event);
+        let span = tracing::info_span!(
+            target: TRACE_TARGET,
+            "deliver",
+            room = %self.room,
+            cursor = %event.event().cursor,
+            subscribers = tracing::field::Empty,
+        );
+        switchboard_telemetry::set_remote_parent(&span, trace);
+        let _entered = span.enter();
+        let count = self.deliver(event);
+        span.record("subscribers", count);
         Ok(())
     }
 
@@ -237,9 +251,11 @@ impl RoomFanOut<'_> {
         Ok(())
     }
 
-    fn deliver(&mut self, event: Arc<SharedEvent>) {
+    /// Pushes the event to every subscriber; returns how many got it.
+    fn deliver(&mut self, event: Arc<SharedEvent>) -> usize {
         self.last = Some(event.event().cursor.clone());
-        for subscriber in read(self.subscribers).values() {
+        let subscribers = read(self.subscribers);
+        for subscriber in subscribers.values() {
             if subscriber.control.is_closed() {
                 continue;
             }
@@ -250,6 +266,7 @@ impl RoomFanOut<'_> {
                 subscriber.control.close(CloseReason::SlowConsumer);
             }
         }
+        subscribers.len()
     }
 
     fn close_all(&self, reason: CloseReason) {

@@ -41,6 +41,7 @@ use switchboard_protocol::{Cursor, ErrorCode, RoomName, SharedEvent};
 use switchboard_telemetry::names;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The transport a connection or request came in on (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,15 +236,28 @@ impl Gateway {
                 "server is shutting down; retry on another replica",
             ));
         }
+        let span = tracing::info_span!(
+            target: switchboard_telemetry::TRACE_TARGET,
+            "publish",
+            room = %room,
+            transport = transport.as_str(),
+            cursor = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        switchboard_telemetry::record_trace_id(&span);
+        let request = PublishRequest {
+            room: room.clone(),
+            user: identity.user.clone(),
+            text,
+            id,
+        };
         let ack = self
             .bus
-            .publish(PublishRequest {
-                room: room.clone(),
-                user: identity.user.clone(),
-                text,
-                id,
-            })
-            .await?;
+            .publish(request)
+            .instrument(span.clone())
+            .await
+            .inspect_err(|err| tracing::debug!(parent: &span, %err, "publish refused"))?;
+        span.record("cursor", tracing::field::display(&ack.cursor));
         metrics::histogram!(names::PUBLISH_LATENCY).record(received.elapsed().as_secs_f64());
         Ok((room, ack))
     }

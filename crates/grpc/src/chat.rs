@@ -8,10 +8,12 @@ use switchboard_gateway::{
 };
 use switchboard_protocol::frames::{ClientFrame, ServerFrame};
 use switchboard_protocol::{WireEvent, pb};
+use switchboard_telemetry::TRACE_TARGET;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 /// Responses buffered between a stream's writer task and tonic.
 const RESPONSE_BUFFER: usize = 64;
@@ -42,6 +44,20 @@ pub(crate) fn identify(gateway: &Gateway, metadata: &MetadataMap) -> Result<Iden
         .map_err(|err| to_status(&err))
 }
 
+/// A span for a call, continuing the caller's trace from its
+/// `traceparent`/`tracestate` metadata.
+pub(crate) fn call_span(name: &'static str, metadata: &MetadataMap) -> tracing::Span {
+    let span = tracing::info_span!(target: TRACE_TARGET, "grpc", otel.name = name);
+    let mut carrier = switchboard_telemetry::TraceCarrier::new();
+    for key in ["traceparent", "tracestate"] {
+        if let Some(value) = metadata.get(key).and_then(|v| v.to_str().ok()) {
+            carrier.insert(key.to_owned(), value.to_owned());
+        }
+    }
+    switchboard_telemetry::set_remote_parent(&span, &carrier);
+    span
+}
+
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
@@ -63,7 +79,7 @@ impl pb::chat_server::Chat for ChatApi {
         tokio::spawn(async move {
             let mut session = session;
             let control = session.control().clone();
-            let delivery = Delivery::new(gateway.limits().outbound_queue);
+            let delivery = Delivery::new(gateway.limits().outbound_queue, Transport::Grpc);
             let writer = pump::pump(queue, delivery, &control, &gateway, &out, |write| {
                 Some(match write {
                     Deliver::Event(event) => pb::ServerFrame {
@@ -92,7 +108,7 @@ impl pb::chat_server::Chat for ChatApi {
             .await
             .map_err(|err| to_status(&err))?;
         // Read up to `subscribed` so its cursor can go into the headers.
-        let mut delivery = Delivery::new(self.gateway.limits().outbound_queue);
+        let mut delivery = Delivery::new(self.gateway.limits().outbound_queue, Transport::Grpc);
         let mut initial = Vec::new();
         let mut subscribed = None;
         while subscribed.is_none() {
@@ -155,6 +171,7 @@ impl pb::chat_server::Chat for ChatApi {
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let identity = identify(&self.gateway, request.metadata())?;
+        let span = call_span("grpc.publish", request.metadata());
         let req = request.into_inner();
         let id = non_empty(&req.id).map(str::to_owned);
         let outcome = async {
@@ -163,6 +180,7 @@ impl pb::chat_server::Chat for ChatApi {
                 .publish(&identity, &req.room, req.text, id.clone(), Transport::Grpc)
                 .await
         }
+        .instrument(span)
         .await;
         let (room, ack) = outcome.map_err(|err: GatewayError| to_status(&err))?;
         Ok(Response::new(pb::PublishResponse {

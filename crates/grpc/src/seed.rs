@@ -54,7 +54,7 @@ impl ChatService for SeedChat {
         let gateway = self.gateway.clone();
         tokio::spawn(async move {
             let control = session.control().clone();
-            let delivery = Delivery::new(gateway.limits().outbound_queue);
+            let delivery = Delivery::new(gateway.limits().outbound_queue, Transport::Grpc);
             let writer = pump::pump(queue, delivery, &control, &gateway, &out, to_chat_message);
             tokio::select! {
                 () = writer => {}

@@ -14,12 +14,13 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
-use switchboard_bus::{Bus, BusError, FeedItem, LiveFeed, PublishAck};
+use switchboard_bus::{Bus, BusError, FeedItem, LiveFeed, PublishAck, TraceCarrier};
 use switchboard_core::{HistoryQuery, PublishRequest, Resume};
 use switchboard_protocol::pb::{self, bus_reply::Reply};
 use switchboard_protocol::{Cursor, RoomName, SharedEvent};
-use switchboard_telemetry::names;
+use switchboard_telemetry::{TRACE_TARGET, names};
 use tokio::sync::broadcast;
+use tracing::Instrument;
 
 /// Presence entries are refreshed in chunks of this many per request.
 const REFRESH_CHUNK: usize = 500;
@@ -137,7 +138,19 @@ impl NatsBus {
         if self.client.connection_state() != State::Connected {
             return Err(BusError::Unavailable("NATS is not connected".into()));
         }
-        let request = self.client.request(subject, Bytes::from(payload));
+        let span = tracing::info_span!(
+            target: TRACE_TARGET,
+            "nats.request",
+            subject = %subject,
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        for (key, value) in switchboard_telemetry::inject(&span) {
+            headers.insert(key.as_str(), value.as_str());
+        }
+        let request = self
+            .client
+            .request_with_headers(subject, headers, Bytes::from(payload))
+            .instrument(span);
         let reply = match tokio::time::timeout(self.timeout, request).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(err)) => {
@@ -219,6 +232,19 @@ async fn refresh_presence(bus: Weak<NatsBus>, every: Duration) {
             }
         }
     }
+}
+
+/// The trace context a stored message carries (set by the core's append).
+pub(crate) fn trace_of(headers: Option<&async_nats::HeaderMap>) -> TraceCarrier {
+    let mut carrier = TraceCarrier::new();
+    if let Some(headers) = headers {
+        for key in ["traceparent", "tracestate"] {
+            if let Some(value) = headers.get(key) {
+                carrier.insert(key.to_owned(), value.as_str().to_owned());
+            }
+        }
+    }
+    carrier
 }
 
 fn decode_live(message: &Message) -> Option<Arc<SharedEvent>> {
@@ -392,7 +418,8 @@ impl LiveState {
                 message = self.subscription.next() => {
                     let message = message?;
                     if let Some(event) = decode_live(&message) {
-                        return Some((FeedItem::Event(event), self));
+                        let trace = trace_of(message.headers.as_ref());
+                        return Some((FeedItem::Event(event, trace), self));
                     }
                 }
                 signal = reconnected => match signal {

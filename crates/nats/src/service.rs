@@ -17,9 +17,11 @@ use switchboard_bus::BusError;
 use switchboard_core::{CoreConfig, CoreError, HistoryQuery};
 use switchboard_protocol::pb::{self, bus_reply::Reply};
 use switchboard_protocol::{Cursor, ErrorCode, EventFields, RoomName};
+use switchboard_telemetry::TRACE_TARGET;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Requests handled at once by one core; more wait in the subscription.
 const MAX_IN_FLIGHT: usize = 512;
@@ -190,14 +192,37 @@ impl Inner {
         let Some(reply_to) = message.reply.clone() else {
             return;
         };
+        let span = tracing::info_span!(
+            target: TRACE_TARGET,
+            "core.request",
+            otel.name = tracing::field::Empty,
+            room = tracing::field::Empty,
+            cursor = tracing::field::Empty,
+        );
+        switchboard_telemetry::set_remote_parent(
+            &span,
+            &crate::client::trace_of(message.headers.as_ref()),
+        );
         let outcome = if message.subject.as_str() == self.subjects.presence_refresh() {
-            self.refresh(&message.payload).await
+            span.record("otel.name", "core.presence_refresh");
+            self.refresh(&message.payload)
+                .instrument(span.clone())
+                .await
         } else {
             match self.subjects.parse_request(&message.subject) {
-                Some((op, room)) => self.dispatch(op, room, &message.payload).await,
+                Some((op, room)) => {
+                    span.record("otel.name", format!("core.{}", op.as_str()));
+                    span.record("room", room.as_str());
+                    self.dispatch(op, room, &message.payload)
+                        .instrument(span.clone())
+                        .await
+                }
                 None => Err(bad(format!("unknown request subject {}", message.subject))),
             }
         };
+        if let Ok(Reply::Publish(ack)) = &outcome {
+            span.record("cursor", ack.cursor.as_str());
+        }
         let payload = match outcome {
             Ok(reply) => encode_reply(reply),
             Err(err) => encode_error(err.code(), &err.to_string()),

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use switchboard_bus::BusError;
 use switchboard_core::{CoreConfig, CoreError, HistoryQuery, Resume};
 use switchboard_protocol::{Cursor, Epoch, EventFields, ProtocolError, RoomName, SharedEvent};
-use switchboard_telemetry::names;
+use switchboard_telemetry::{TRACE_TARGET, names};
+use tracing::Instrument;
 
 /// Optimistic-concurrency attempts per append before giving up. Conflicts
 /// are normal when several core replicas append to one busy room; each
@@ -178,8 +179,35 @@ impl RoomLogs {
     pub(crate) async fn append(
         &self,
         room: &RoomName,
+        draft: EventFields,
+        dedup_id: Option<String>,
+    ) -> Result<(Cursor, bool), BusError> {
+        let span = tracing::info_span!(
+            target: TRACE_TARGET,
+            "jetstream.append",
+            room = %room,
+            cursor = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
+        // Stored with the message, so the republished copy lets every
+        // delivering gateway continue this trace.
+        let trace = switchboard_telemetry::inject(&span);
+        let appended = self
+            .append_traced(room, draft, dedup_id, &trace)
+            .instrument(span.clone())
+            .await;
+        if let Ok((cursor, _)) = &appended {
+            span.record("cursor", tracing::field::display(cursor));
+        }
+        appended
+    }
+
+    async fn append_traced(
+        &self,
+        room: &RoomName,
         mut draft: EventFields,
         dedup_id: Option<String>,
+        trace: &switchboard_telemetry::TraceCarrier,
     ) -> Result<(Cursor, bool), BusError> {
         let lock = self.room_lock(room);
         let _serial = lock.lock().await;
@@ -196,6 +224,9 @@ impl RoomLogs {
                 .payload(Bytes::from(draft.encode_to_vec()))
                 .header(EPOCH_HEADER, epoch.as_str())
                 .expected_last_subject_sequence(expected);
+            for (key, value) in trace {
+                message = message.header(key.as_str(), value.as_str());
+            }
             if let Some(id) = &msg_id {
                 message = message.message_id(id);
             }

@@ -53,7 +53,7 @@ pub(crate) async fn sse(
         gateway.limits().sse_heartbeat,
     );
     let state = EventStream {
-        delivery: Delivery::new(gateway.limits().outbound_queue),
+        delivery: Delivery::new(gateway.limits().outbound_queue, Transport::Sse),
         session,
         queue,
         gateway,

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchboard::config::ServeArgs;
 use switchboard::server::{self, Role};
-use switchboard_telemetry::LogFormat;
+use switchboard_telemetry::{LogFormat, Telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,7 +45,6 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    switchboard_telemetry::init_logging(cli.log_format, "info");
     let (role, args) = match cli.command {
         Some(Command::Standalone(args)) => (Role::Standalone, args),
         Some(Command::Core(args)) => (Role::Core, args),
@@ -55,12 +54,23 @@ fn main() -> anyhow::Result<()> {
     };
     tokio::runtime::Runtime::new()
         .context("starting the Tokio runtime")?
-        .block_on(run(role, args))
+        .block_on(run(role, args, cli.log_format))
 }
 
-async fn run(role: Role, args: ServeArgs) -> anyhow::Result<()> {
-    log_config(role, &args);
-    let server = server::start(role, &args).await?;
+async fn run(role: Role, args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
+    // Inside the runtime: the OTLP exporter needs it.
+    let telemetry = Telemetry::init(role.name(), log_format, "info");
+    log_config(role, &args, telemetry.exporting());
+    let outcome = serve(role, &args).await;
+    if let Err(err) = &outcome {
+        tracing::error!(%err, "switchboard stopped");
+    }
+    telemetry.shutdown();
+    outcome
+}
+
+async fn serve(role: Role, args: &ServeArgs) -> anyhow::Result<()> {
+    let server = server::start(role, args).await?;
     shutdown_signal().await;
     tracing::info!(grace = ?args.shutdown_grace, "shutting down");
     if !server.shutdown(args.shutdown_grace).await {
@@ -70,7 +80,7 @@ async fn run(role: Role, args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Prints the effective settings with secrets redacted.
-fn log_config(role: Role, args: &ServeArgs) {
+fn log_config(role: Role, args: &ServeArgs, exporting_traces: bool) {
     let auth = match (&args.auth.jwt_secret, &args.auth.jwt_public_key) {
         (Some(_), _) => "jwt-hs256 (secret redacted)".to_owned(),
         (None, Some(path)) => format!("jwt-public-key {}", path.display()),
@@ -78,6 +88,7 @@ fn log_config(role: Role, args: &ServeArgs) {
     };
     tracing::info!(
         role = role.name(),
+        exporting_traces,
         nats_url = args.nats.nats_url.as_deref().unwrap_or("(memory bus)"),
         nats_prefix = %args.nats.nats_prefix,
         http_addr = %args.http_addr,

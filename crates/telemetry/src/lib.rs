@@ -6,9 +6,18 @@
 //! [`names`] so that every crate records the same series. Labels are low
 //! cardinality only: never a room or a user.
 
+mod trace;
+
+pub use trace::{
+    TRACE_TARGET, TraceCarrier, inject, otlp_configured, record_trace_id, set_remote_parent,
+};
+
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Metric names (spec §8), all prefixed `switchboard_`.
 pub mod names {
@@ -36,6 +45,9 @@ pub mod names {
     pub const NATS_RECONNECTS: &str = "switchboard_nats_reconnects_total";
     /// Counter of JetStream publishes that failed, label `reason`.
     pub const JETSTREAM_PUBLISH_ERRORS: &str = "switchboard_jetstream_publish_errors_total";
+    /// Histogram of append → write-to-socket time of events, seconds,
+    /// label `transport`.
+    pub const DELIVERY_LATENCY: &str = "switchboard_delivery_latency_seconds";
     /// Counter of live-feed gaps repaired from history.
     pub const GAP_REPAIRS: &str = "switchboard_gap_repairs_total";
 }
@@ -60,16 +72,87 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Installs the global `tracing` subscriber. `RUST_LOG` wins over
-/// `default_filter`. A second call (tests start many servers in one
-/// process) keeps the first subscriber.
+/// Logging and tracing of one process; flush it on shutdown.
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Installs the global `tracing` subscriber: log lines (human or JSON,
+    /// `RUST_LOG` wins over `default_filter`) and, when an OTLP endpoint is
+    /// configured, span export for `service`. Call inside a Tokio runtime.
+    /// A second call (tests start many servers in one process) keeps the
+    /// first subscriber.
+    pub fn init(service: &str, format: LogFormat, default_filter: &str) -> Self {
+        let provider = if trace::otlp_configured() {
+            match trace::provider(service) {
+                Ok(provider) => Some(provider),
+                Err(err) => {
+                    eprintln!("OTLP trace export disabled: {err}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut filter =
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+        if provider.is_none() {
+            // Nobody exports trace spans: keep them disabled at their call
+            // sites so they cost nothing.
+            if let Ok(directive) = format!("{TRACE_TARGET}=off").parse() {
+                filter = filter.add_directive(directive);
+            }
+        }
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let log_layer = match format {
+            LogFormat::Human => tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .with_filter(filter)
+                .boxed(),
+            LogFormat::Json => tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_writer(std::io::stderr)
+                .with_filter(filter)
+                .boxed(),
+        };
+        let trace_layer = provider.as_ref().map(|provider| {
+            tracing_opentelemetry::layer()
+                .with_tracer(trace::tracer(provider))
+                .with_filter(Targets::new().with_target(TRACE_TARGET, tracing::Level::TRACE))
+        });
+        let _ = tracing_subscriber::registry()
+            .with(log_layer)
+            .with(trace_layer)
+            .try_init();
+        Self { provider }
+    }
+
+    /// True when spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports what is still buffered.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(err) = provider.shutdown()
+        {
+            eprintln!("flushing traces failed: {err}");
+        }
+    }
+}
+
+/// Log lines only (tools and tests that need no tracing).
 pub fn init_logging(format: LogFormat, default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        // Colours only on a terminal: log files and collectors get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Human => builder.try_init(),

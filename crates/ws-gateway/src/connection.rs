@@ -176,7 +176,7 @@ async fn write_loop(
 ) {
     let limits = gateway.limits();
     let write_timeout = limits.ping_timeout;
-    let mut delivery = Delivery::new(limits.outbound_queue);
+    let mut delivery = Delivery::new(limits.outbound_queue, Transport::WebSocket);
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut ping = tokio::time::interval(limits.ping_interval);
     ping.tick().await;

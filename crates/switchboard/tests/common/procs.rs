@@ -181,6 +181,16 @@ impl Service {
     /// Starts `switchboard <role> --nats-url <url> <extra…>` on free ports
     /// and waits for its "listening" log line.
     pub fn start(role: &str, nats_url: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(role, nats_url, extra, &[])
+    }
+
+    /// [`Service::start`] with extra environment variables.
+    pub fn start_with_env(
+        role: &str,
+        nats_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .arg(role)
             .args(["--nats-url", nats_url])
@@ -188,6 +198,7 @@ impl Service {
             .args(["--log-format", "json"])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
