@@ -198,11 +198,13 @@ impl Inner {
             otel.name = tracing::field::Empty,
             room = tracing::field::Empty,
             cursor = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
         switchboard_telemetry::set_remote_parent(
             &span,
             &crate::client::trace_of(message.headers.as_ref()),
         );
+        switchboard_telemetry::record_trace_id(&span);
         let outcome = if message.subject.as_str() == self.subjects.presence_refresh() {
             span.record("otel.name", "core.presence_refresh");
             self.refresh(&message.payload)
