@@ -204,23 +204,31 @@ impl Inner {
             &span,
             &crate::client::trace_of(message.headers.as_ref()),
         );
-        switchboard_telemetry::record_trace_id(&span);
-        let outcome = if message.subject.as_str() == self.subjects.presence_refresh() {
+        let request = if message.subject.as_str() == self.subjects.presence_refresh() {
             span.record("otel.name", "core.presence_refresh");
-            self.refresh(&message.payload)
-                .instrument(span.clone())
-                .await
+            None
         } else {
-            match self.subjects.parse_request(&message.subject) {
-                Some((op, room)) => {
-                    span.record("otel.name", format!("core.{}", op.as_str()));
-                    span.record("room", room.as_str());
-                    self.dispatch(op, room, &message.payload)
-                        .instrument(span.clone())
-                        .await
-                }
-                None => Err(bad(format!("unknown request subject {}", message.subject))),
+            let parsed = self.subjects.parse_request(&message.subject);
+            if let Some((op, room)) = &parsed {
+                span.record("otel.name", format!("core.{}", op.as_str()));
+                span.record("room", room.as_str());
             }
+            Some(parsed)
+        };
+        // After the name: reading the trace id starts the exported span.
+        switchboard_telemetry::record_trace_id(&span);
+        let outcome = match request {
+            None => {
+                self.refresh(&message.payload)
+                    .instrument(span.clone())
+                    .await
+            }
+            Some(Some((op, room))) => {
+                self.dispatch(op, room, &message.payload)
+                    .instrument(span.clone())
+                    .await
+            }
+            Some(None) => Err(bad(format!("unknown request subject {}", message.subject))),
         };
         if let Ok(Reply::Publish(ack)) = &outcome {
             span.record("cursor", ack.cursor.as_str());
