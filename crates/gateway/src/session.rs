@@ -18,6 +18,9 @@ use switchboard_telemetry::names;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
+/// How many times the publish rate any frame may arrive at.
+const FRAME_BUDGET_FACTOR: f64 = 4.0;
+
 /// The protocol state of one connection.
 pub struct Session {
     gateway: Arc<Gateway>,
@@ -28,6 +31,10 @@ pub struct Session {
     transport: Transport,
     rooms: HashSet<RoomName>,
     bucket: TokenBucket,
+    /// Every frame, whatever it asks, spends from this larger budget, so a
+    /// flood of cheap-looking requests (history, presence, pings, garbage)
+    /// cannot monopolise the gateway.
+    frames: TokenBucket,
     tx: mpsc::Sender<Outbound>,
     control: Arc<ConnControl>,
     expiry: Option<AbortHandle>,
@@ -44,6 +51,10 @@ impl Session {
         let limits = gateway.limits();
         let (tx, rx) = mpsc::channel(limits.outbound_queue.max(1));
         let bucket = TokenBucket::new(limits.publish_rate, limits.publish_burst);
+        let frames = TokenBucket::new(
+            limits.publish_rate * FRAME_BUDGET_FACTOR,
+            limits.publish_burst * FRAME_BUDGET_FACTOR,
+        );
         let control = ConnControl::new();
         let expiry = identity.expires_at.map(|at| {
             let control = control.clone();
@@ -64,6 +75,7 @@ impl Session {
             transport,
             rooms: HashSet::new(),
             bucket,
+            frames,
             tx,
             control,
             expiry,
@@ -81,6 +93,14 @@ impl Session {
 
     /// Executes one client command; replies are queued in order with events.
     pub async fn handle(&mut self, frame: ClientFrame) {
+        if !self.frames.try_take() {
+            let id = match &frame {
+                ClientFrame::Publish { id, .. } => id.clone(),
+                _ => None,
+            };
+            self.flooding(id).await;
+            return;
+        }
         let (id, outcome) = match frame {
             ClientFrame::Subscribe { room, since } => {
                 // Subscribe queues its own error (it must end the hold).
@@ -145,8 +165,22 @@ impl Session {
 
     /// Answers a frame that could not be parsed; the connection stays open.
     pub async fn reject(&mut self, bad: BadFrame) {
+        if !self.frames.try_take() {
+            self.flooding(bad.id).await;
+            return;
+        }
         let err = GatewayError::refused(ErrorCode::BadFrame, bad.message);
         let frame = self.error_frame(bad.id, &err);
+        self.push(Outbound::Frame(frame)).await;
+    }
+
+    async fn flooding(&mut self, id: Option<String>) {
+        metrics::counter!(names::RATE_LIMITED, "transport" => self.transport.as_str()).increment(1);
+        let err = GatewayError::refused(
+            ErrorCode::RateLimited,
+            "too many frames; slow down (this frame was not executed)",
+        );
+        let frame = self.error_frame(id, &err);
         self.push(Outbound::Frame(frame)).await;
     }
 

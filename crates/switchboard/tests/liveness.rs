@@ -59,3 +59,47 @@ async fn silent_peer_is_dropped_and_counted_while_a_live_one_stays() {
     live.send(serde_json::json!({"type":"ping"})).await;
     assert_eq!(live.recv_type("pong").await["type"], "pong");
 }
+
+/// A flood of cheap frames (pings, history, garbage) is cut off with
+/// `rate_limited` errors; the connection survives and recovers, and a
+/// neighbour on the same server is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_floods_are_rate_limited_without_harming_neighbours() {
+    let server = TestServer::with_args(&["--publish-rate", "5", "--publish-burst", "5"]).await;
+    let mut flooder = server.ws("/ws?user=flood").await;
+    let mut neighbour = server.ws("/ws?user=calm").await;
+    // Budget: 4 × the publish burst = 20 frames at once.
+    for i in 0..60 {
+        let frame = match i % 3 {
+            0 => serde_json::json!({"type":"ping"}),
+            1 => serde_json::json!({"type":"history","room":"r"}),
+            _ => serde_json::json!({"type":"nonsense"}),
+        };
+        flooder.send(frame).await;
+    }
+    let mut limited = 0;
+    let mut answered = 0;
+    while limited + answered < 60 {
+        let frame = flooder.recv().await;
+        if frame["type"] == "error" && frame["code"] == "rate_limited" {
+            limited += 1;
+        } else {
+            answered += 1;
+        }
+    }
+    assert!(limited >= 30, "most of the flood was refused ({limited})");
+    assert!(answered >= 20, "the budget was served ({answered})");
+    neighbour.send(serde_json::json!({"type":"ping"})).await;
+    assert_eq!(neighbour.recv_type("pong").await["type"], "pong");
+    // The budget refills (20/s): the flooder is served again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        flooder.send(serde_json::json!({"type":"ping"})).await;
+        let frame = flooder.recv().await;
+        if frame["type"] == "pong" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
