@@ -52,11 +52,41 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let gateway_for_health = gateway.clone();
     let max = gateway.limits().max_frame_bytes;
     let chat = pb::chat_server::ChatServer::new(ChatApi::new(gateway.clone()))
         .max_decoding_message_size(max);
     let seed = pb::seed::chat_service_server::ChatServiceServer::new(SeedChat::new(gateway))
         .max_decoding_message_size(max);
+    // gRPC health follows readiness (bus connected, core set up, not
+    // draining), so gRPC probes and `/readyz` agree.
+    let readiness_health = health.clone();
+    let readiness_gateway = gateway_for_health.clone();
+    let readiness_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut serving = None;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                () = readiness_stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let ready = readiness_gateway.is_ready();
+            if serving == Some(ready) {
+                continue;
+            }
+            serving = Some(ready);
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            readiness_health.set_service_status("", status).await;
+            readiness_health
+                .set_service_status("switchboard.v1.Chat", status)
+                .await;
+        }
+    });
     let stop = shutdown.clone();
     let health_on_stop = health.clone();
     let signal = async move {

@@ -10,6 +10,43 @@ use common::{WAIT, Ws};
 use serde_json::{Value, json};
 use std::time::Duration;
 
+/// Waits until the core's gRPC health (what Kubernetes probes) says
+/// SERVING (`true`) or NOT_SERVING.
+async fn wait_grpc_health(core: &Service, serving: bool) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let addr = core.grpc.expect("core serves gRPC");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("gRPC connects");
+    let mut client = HealthClient::new(channel);
+    let want = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status);
+        if status.is_ok_and(|s| s == want as i32) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gRPC health never became {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn post(service: &Service, room: &str, body: Value) -> (u16, Value) {
     let response = reqwest::Client::new()
         .post(service.url(&format!("/api/rooms/{room}/messages?user=poster")))
@@ -90,9 +127,11 @@ async fn nats_restart_keeps_acked_messages_and_services_recover() {
         acked.push(body["cursor"].clone());
     }
 
+    wait_grpc_health(&core, true).await;
     nats.kill();
     gateway.wait_ready(false).await;
     core.wait_ready(false).await;
+    wait_grpc_health(&core, false).await;
     // While NATS is away, publishes fail fast with `unavailable`.
     let started = std::time::Instant::now();
     let (status, body) = post(&gateway, "durable", json!({"text": "during"})).await;
@@ -103,6 +142,7 @@ async fn nats_restart_keeps_acked_messages_and_services_recover() {
     nats.restart();
     gateway.wait_ready(true).await;
     core.wait_ready(true).await;
+    wait_grpc_health(&core, true).await;
     let (status, body) = post(&gateway, "durable", json!({"text": "after"})).await;
     assert_eq!(status, 201, "{body}");
     acked.push(body["cursor"].clone());
