@@ -39,15 +39,21 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), GrpcError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::chat_server::ChatServer<ChatApi>>()
-        .await;
-    health
-        .set_serving::<pb::seed::chat_service_server::ChatServiceServer<SeedChat>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    let status_of = |ready: bool| {
+        if ready {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        }
+    };
+    // The process-wide ("") and Chat statuses follow readiness: set now,
+    // then kept up to date below (every service here needs the bus).
+    let ready_at_start = gateway.is_ready();
+    for service in ["", "switchboard.v1.Chat", "ChatService"] {
+        health
+            .set_service_status(service, status_of(ready_at_start))
+            .await;
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -64,8 +70,8 @@ pub async fn serve(
     let readiness_gateway = gateway_for_health.clone();
     let readiness_stop = shutdown.clone();
     tokio::spawn(async move {
-        let mut serving = None;
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        let mut serving = Some(ready_at_start);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
         loop {
             tokio::select! {
                 () = readiness_stop.cancelled() => break,
@@ -76,15 +82,11 @@ pub async fn serve(
                 continue;
             }
             serving = Some(ready);
-            let status = if ready {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
-            readiness_health.set_service_status("", status).await;
-            readiness_health
-                .set_service_status("switchboard.v1.Chat", status)
-                .await;
+            for service in ["", "switchboard.v1.Chat", "ChatService"] {
+                readiness_health
+                    .set_service_status(service, status_of(ready))
+                    .await;
+            }
         }
     });
     let stop = shutdown.clone();

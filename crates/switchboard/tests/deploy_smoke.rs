@@ -494,17 +494,29 @@ async fn compose_topology_through_the_load_balancer() {
         .connect()
         .await
         .expect("gRPC through the balancer");
-    let health = tokio::time::timeout(
-        WAIT,
-        HealthClient::new(channel.clone()).check(HealthCheckRequest {
-            service: String::new(),
-        }),
-    )
-    .await
-    .expect("health answers in time")
-    .expect("health check")
-    .into_inner();
-    assert_eq!(health.status, ServingStatus::Serving as i32);
+    // gRPC health follows readiness (polled, so it may trail /readyz by a
+    // moment): wait, bounded, for SERVING.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let health = tokio::time::timeout(
+            WAIT,
+            HealthClient::new(channel.clone()).check(HealthCheckRequest {
+                service: String::new(),
+            }),
+        )
+        .await
+        .expect("health answers in time")
+        .expect("health check")
+        .into_inner();
+        if health.status == ServingStatus::Serving as i32 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "core never reported SERVING"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let reply = tokio::time::timeout(
         WAIT,
         pb::chat_client::ChatClient::new(channel).publish(pb::PublishRequest {
