@@ -50,30 +50,6 @@ async fn ws_refused(request: tungstenite::handshake::client::Request) -> u16 {
     }
 }
 
-/// Status and JSON body of a WebSocket upgrade request sent over plain
-/// HTTP, to read the refusal's body.
-async fn upgrade_refusal(
-    server: &TestServer,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .get(server.url(path))
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = tokio::time::timeout(WAIT, request.send())
-        .await
-        .expect("answered in time")
-        .expect("request sent");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 fn request(
     server: &TestServer,
     path: &str,
@@ -115,7 +91,7 @@ async fn ws_without_token_is_401() {
         ws_refused(request(&server, "/ws/chat?user=alice", None)).await,
         401
     );
-    let (status, body) = upgrade_refusal(&server, "/ws?user=alice", &[]).await;
+    let (status, body) = server.upgrade_refusal("/ws?user=alice", &[]).await;
     assert_eq!(status, 401);
     assert_eq!(body["error"]["code"], "unauthorized", "{body}");
 }
@@ -137,8 +113,9 @@ async fn ws_with_expired_or_invalid_token_is_401() {
         .await,
         401
     );
-    let (status, body) =
-        upgrade_refusal(&server, &format!("/ws?access_token={expired}"), &[]).await;
+    let (status, body) = server
+        .upgrade_refusal(&format!("/ws?access_token={expired}"), &[])
+        .await;
     assert_eq!(status, 401);
     assert_eq!(body["error"]["code"], "unauthorized", "{body}");
 

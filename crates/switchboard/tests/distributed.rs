@@ -9,17 +9,6 @@ use common::{Sse, WAIT, Ws, next_grpc};
 use serde_json::json;
 use std::collections::HashSet;
 use switchboard_protocol::pb;
-use tonic::transport::Channel;
-
-async fn grpc_client(service: &Service) -> pb::chat_client::ChatClient<Channel> {
-    let addr = service.grpc.expect("gRPC address");
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("gRPC connects");
-    pb::chat_client::ChatClient::new(channel)
-}
 
 fn offset(cursor: &str) -> u64 {
     cursor
@@ -64,7 +53,7 @@ async fn replicas_deliver_one_order_everywhere() {
     sse.next_named("subscribed").await;
     let mut grpc_streams = Vec::new();
     for core in &cores {
-        let stream = grpc_client(core)
+        let stream = common::procs::grpc(core)
             .await
             .subscribe(pb::SubscribeRequest {
                 room: "dist".into(),
@@ -107,7 +96,7 @@ async fn replicas_deliver_one_order_everywhere() {
             assert_eq!(response.status(), 201);
         }
     });
-    let mut grpc_pub = grpc_client(&cores[1]).await;
+    let mut grpc_pub = common::procs::grpc(&cores[1]).await;
     publishers.spawn(async move {
         for i in 0..PER_SOURCE {
             grpc_pub

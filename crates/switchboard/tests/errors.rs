@@ -327,31 +327,6 @@ async fn ws_frame_over_limit_closes_1009() {
 
 // ------------------------------------------------------------ Origin check
 
-/// Status and JSON body of a refused upgrade, through a plain HTTP request
-/// carrying the upgrade headers (the body of a refusal is only reliably
-/// readable this way).
-async fn upgrade_refusal(
-    server: &TestServer,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .get(server.url(path))
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = tokio::time::timeout(WAIT, request.send())
-        .await
-        .expect("answered in time")
-        .expect("request sent");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 fn ws_request(
     server: &TestServer,
     path: &str,
@@ -383,17 +358,15 @@ async fn origin_allowlist() {
         Err(other) => panic!("expected an HTTP 403 refusal, got {other}"),
         Ok(_) => panic!("an upgrade from a foreign origin must be refused"),
     }
-    let (status, body) =
-        upgrade_refusal(&server, "/ws?user=o", &[("origin", "http://evil.example")]).await;
+    let (status, body) = server
+        .upgrade_refusal("/ws?user=o", &[("origin", "http://evil.example")])
+        .await;
     assert_eq!(status, 403);
     assert_eq!(body["error"]["code"], "forbidden", "{body}");
     // /ws/chat is checked the same way.
-    let (status, body) = upgrade_refusal(
-        &server,
-        "/ws/chat?user=o",
-        &[("origin", "http://evil.example")],
-    )
-    .await;
+    let (status, body) = server
+        .upgrade_refusal("/ws/chat?user=o", &[("origin", "http://evil.example")])
+        .await;
     assert_eq!(status, 403);
     assert_eq!(body["error"]["code"], "forbidden", "{body}");
 
@@ -793,7 +766,7 @@ async fn invalid_user_name_is_refused_everywhere() {
         Err(other) => panic!("expected an HTTP 400, got {other}"),
         Ok(_) => panic!("a 65-byte user name must be refused"),
     }
-    let (status, body) = upgrade_refusal(&server, &path, &[]).await;
+    let (status, body) = server.upgrade_refusal(&path, &[]).await;
     assert_api_error(status, &body, 400, "bad_frame", "WS long user");
     let (status, body) = server
         .get_json(&format!("/api/rooms/lobby/presence?user={long}"))

@@ -117,6 +117,26 @@ impl TestServer {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// A WebSocket upgrade that the server is expected to refuse with an
+    /// HTTP error: returns status and JSON body.
+    pub async fn upgrade_refusal(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut request = reqwest::Client::new()
+            .get(self.url(path))
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = tokio::time::timeout(WAIT, request.send())
+            .await
+            .expect("answered in time")
+            .expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let response = tokio::time::timeout(WAIT, reqwest::get(self.url(path)))
             .await
