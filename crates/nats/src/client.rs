@@ -32,10 +32,6 @@ pub(crate) struct Connection {
     pub(crate) reconnected: broadcast::Sender<()>,
 }
 
-pub(crate) async fn connect(config: &NatsConfig) -> Result<Client, NatsError> {
-    Ok(connect_with_signal(config).await?.client)
-}
-
 pub(crate) async fn connect_with_signal(config: &NatsConfig) -> Result<Connection, NatsError> {
     let (reconnected, _) = broadcast::channel(16);
     let signal = reconnected.clone();
@@ -289,7 +285,7 @@ impl Bus for NatsBus {
     }
 
     async fn resume(&self, room: &RoomName, since: Option<&Cursor>) -> Result<Resume, BusError> {
-        let payload = pb::BusResume {
+        let payload = pb::SubscribeRequest {
             room: room.to_string(),
             since: since.map(Cursor::to_string).unwrap_or_default(),
         };
@@ -336,7 +332,7 @@ impl Bus for NatsBus {
         room: &RoomName,
         query: HistoryQuery,
     ) -> Result<Vec<Arc<SharedEvent>>, BusError> {
-        let payload = pb::BusHistory {
+        let payload = pb::HistoryRequest {
             room: room.to_string(),
             after: query.after.map(|c| c.to_string()).unwrap_or_default(),
             before: query.before.map(|c| c.to_string()).unwrap_or_default(),
@@ -357,7 +353,7 @@ impl Bus for NatsBus {
     }
 
     async fn presence(&self, room: &RoomName) -> Result<Vec<String>, BusError> {
-        let payload = pb::BusPresence {
+        let payload = pb::PresenceRequest {
             room: room.to_string(),
         };
         match self

@@ -31,9 +31,3 @@ pub use config::{NatsConfig, StorageKind};
 pub use error::NatsError;
 pub use service::CoreService;
 pub use subjects::Subjects;
-
-/// Connects to NATS with the resilience every role needs: retry until the
-/// server is there, reconnect forever, count reconnects.
-pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, NatsError> {
-    client::connect(config).await
-}

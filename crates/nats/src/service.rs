@@ -268,7 +268,7 @@ impl Inner {
                 }))
             }
             Op::Resume => {
-                let req: pb::BusResume = decode(payload)?;
+                let req: pb::SubscribeRequest = decode(payload)?;
                 let since = parse_cursor(&req.since)?;
                 let resume = self.logs.resume(&room, since.as_ref()).await?;
                 Ok(Reply::Resume(pb::BusResumeReply {
@@ -278,18 +278,20 @@ impl Inner {
                 }))
             }
             Op::History => {
-                let req: pb::BusHistory = decode(payload)?;
+                let req: pb::HistoryRequest = decode(payload)?;
                 let query = HistoryQuery {
                     after: parse_cursor(&req.after)?,
                     before: parse_cursor(&req.before)?,
                     limit: (req.limit != 0).then_some(req.limit as usize),
                 };
                 let events = self.logs.history(&room, &query).await?;
-                Ok(Reply::Events(pb::BusEvents {
+                Ok(Reply::Events(pb::HistoryResponse {
+                    room: room.to_string(),
                     events: wire::events_to_proto(&events),
                 }))
             }
-            Op::Presence => Ok(Reply::Users(pb::BusUsers {
+            Op::Presence => Ok(Reply::Users(pb::PresenceResponse {
+                room: room.to_string(),
                 users: self.presence.users(&room).await?,
             })),
             Op::Join | Op::Leave => {
