@@ -199,7 +199,13 @@ impl Authenticator {
                     .or_else(|| subscribe.clone());
                 Ok(Identity {
                     user,
-                    expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+                    // A signed but absurd `exp` (u64::MAX) must not overflow
+                    // the clock: it means "far future".
+                    expires_at: Some(
+                        UNIX_EPOCH
+                            .checked_add(Duration::from_secs(claims.exp.min(MAX_EXP)))
+                            .unwrap_or(UNIX_EPOCH),
+                    ),
                     subscribe,
                     publish,
                 })
@@ -207,6 +213,9 @@ impl Authenticator {
         }
     }
 }
+
+/// 9999-12-31T23:59:59Z: later expiries are clamped to it.
+const MAX_EXP: u64 = 253_402_300_799;
 
 fn validate_user(user: &str) -> Result<String, AuthError> {
     if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
@@ -282,6 +291,15 @@ mod tests {
             id.can_publish(&room("abc")) && !id.can_publish(&room("b")),
             "publish defaults to rooms"
         );
+    }
+
+    #[test]
+    fn a_huge_exp_is_the_far_future_not_a_panic() {
+        let auth = Authenticator::hs256(SECRET).expect("config");
+        let t = token(json!({"sub":"bob","exp":u64::MAX}));
+        let id = auth.authenticate(Some(&t), None).expect("valid");
+        assert!(!id.is_expired());
+        assert!(id.expires_at.is_some_and(|at| at > SystemTime::now()));
     }
 
     #[test]

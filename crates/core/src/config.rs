@@ -14,6 +14,13 @@ pub struct CoreConfig {
     /// Capacity of each room's live broadcast; a feed reader that falls
     /// further behind is told it lagged and repairs from history.
     pub feed_capacity: usize,
+    /// Rooms the in-memory core holds at most. Beyond it the oldest
+    /// unattended rooms are evicted; a new room is refused only when
+    /// every room has a listener or a present user.
+    pub max_rooms: usize,
+    /// Estimated bytes of every room and stored event together, bounded
+    /// the same way, so no sequence of publishes can exhaust memory.
+    pub max_bytes: usize,
 }
 
 impl Default for CoreConfig {
@@ -23,7 +30,9 @@ impl Default for CoreConfig {
             retention_age: Duration::from_secs(24 * 3600),
             dedup_window: Duration::from_secs(120),
             max_text_bytes: 4 * 1024,
-            feed_capacity: 4096,
+            feed_capacity: 1024,
+            max_rooms: 1_000_000,
+            max_bytes: 1 << 30,
         }
     }
 }

@@ -9,6 +9,9 @@ pub enum CoreError {
     TextTooLarge { len: usize, max: usize },
     #[error("{0}")]
     BadInput(String),
+    /// The memory bound is reached and nothing can be evicted.
+    #[error("{0}")]
+    Full(String),
 }
 
 impl CoreError {
@@ -17,6 +20,7 @@ impl CoreError {
             CoreError::Protocol(err) => err.code(),
             CoreError::TextTooLarge { .. } => ErrorCode::TooLarge,
             CoreError::BadInput(_) => ErrorCode::BadFrame,
+            CoreError::Full(_) => ErrorCode::Unavailable,
         }
     }
 }

@@ -14,6 +14,22 @@ pub type RoomFeed = broadcast::Receiver<Arc<SharedEvent>>;
 struct Stored {
     event: Arc<SharedEvent>,
     stored_at: Instant,
+    /// What this event is charged against the memory bound.
+    cost: usize,
+}
+
+/// Estimated bytes of a room that holds nothing: its map entry, lock,
+/// name and epoch. Charged so that a flood of empty rooms is bounded too.
+pub(crate) const ROOM_BASE_COST: usize = 320;
+
+/// Estimated bytes of a stored event: the event itself plus the three
+/// encodings (JSON frame, SSE frame, protobuf) it caches once delivered.
+fn event_cost(user: &str, kind: &EventKind) -> usize {
+    let text = match kind {
+        EventKind::Message { text, id } => text.len() + id.as_ref().map_or(0, String::len),
+        EventKind::Join | EventKind::Leave => 0,
+    };
+    256 + 4 * (user.len() + text)
 }
 
 /// One room: its log, de-duplication window, presence and live feed.
@@ -28,7 +44,17 @@ pub(crate) struct RoomState {
     dedup: HashMap<String, (Cursor, Instant)>,
     dedup_order: VecDeque<(Instant, String)>,
     pub(crate) presence: Presence,
-    feed: broadcast::Sender<Arc<SharedEvent>>,
+    /// The live feed exists only while someone listens: a broadcast
+    /// channel preallocates its whole capacity, so an unlistened room
+    /// must not carry one.
+    feed: Option<broadcast::Sender<Arc<SharedEvent>>>,
+    /// Stored message events (join/leave excluded): a room holding only
+    /// presence events holds nothing worth keeping once nobody is in it.
+    messages: usize,
+    /// Bytes charged against the memory bound (see [`ROOM_BASE_COST`]).
+    cost: usize,
+    /// Last publish, subscribe or join: eviction takes the oldest first.
+    pub(crate) last_active: Instant,
 }
 
 pub(crate) enum Slice {
@@ -40,8 +66,8 @@ pub(crate) enum Slice {
 }
 
 impl RoomState {
-    pub(crate) fn new(name: RoomName, epoch: Epoch, config: &CoreConfig) -> Self {
-        let (feed, _) = broadcast::channel(config.feed_capacity.max(1));
+    pub(crate) fn new(name: RoomName, epoch: Epoch, now: Instant) -> Self {
+        let cost = ROOM_BASE_COST + name.as_str().len();
         Self {
             name,
             epoch,
@@ -50,16 +76,42 @@ impl RoomState {
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
             presence: Presence::default(),
-            feed,
+            feed: None,
+            messages: 0,
+            cost,
+            last_active: now,
         }
+    }
+
+    /// Bytes this room is charged against the memory bound.
+    pub(crate) fn cost(&self) -> usize {
+        self.cost
     }
 
     pub(crate) fn head(&self) -> Cursor {
         Cursor::new(self.epoch.clone(), self.head)
     }
 
-    pub(crate) fn subscribe(&self) -> RoomFeed {
-        self.feed.subscribe()
+    pub(crate) fn subscribe(&mut self, config: &CoreConfig, now: Instant) -> RoomFeed {
+        self.last_active = now;
+        self.feed
+            .get_or_insert_with(|| broadcast::channel(config.feed_capacity.max(1)).0)
+            .subscribe()
+    }
+
+    /// Live feed readers right now.
+    pub(crate) fn listeners(&self) -> usize {
+        self.feed
+            .as_ref()
+            .map_or(0, broadcast::Sender::receiver_count)
+    }
+
+    /// Drops the live feed once its last reader is gone, freeing its
+    /// preallocated capacity.
+    pub(crate) fn release_feed(&mut self) {
+        if self.listeners() == 0 {
+            self.feed = None;
+        }
     }
 
     pub(crate) fn dedup_hit(
@@ -89,6 +141,12 @@ impl RoomState {
             self.dedup.insert(id.clone(), (cursor.clone(), now));
             self.dedup_order.push_back((now, id.clone()));
         }
+        if matches!(kind, EventKind::Message { .. }) {
+            self.messages += 1;
+            self.last_active = now;
+        }
+        let cost = event_cost(&user, &kind);
+        self.cost += cost;
         let event = SharedEvent::new(Event {
             room: self.name.clone(),
             cursor,
@@ -100,10 +158,13 @@ impl RoomState {
         self.log.push_back(Stored {
             event: event.clone(),
             stored_at: now,
+            cost,
         });
         self.trim(config, now);
-        // No receivers is fine: nobody is listening to this room right now.
-        let _ = self.feed.send(event.clone());
+        if let Some(feed) = &self.feed {
+            // No receivers is fine: the last one may have just left.
+            let _ = feed.send(event.clone());
+        }
         event
     }
 
@@ -166,17 +227,26 @@ impl RoomState {
         &self.epoch
     }
 
-    fn trim(&mut self, config: &CoreConfig, now: Instant) {
+    pub(crate) fn trim(&mut self, config: &CoreConfig, now: Instant) {
         while self.log.len() > config.retention_count {
-            self.log.pop_front();
+            self.drop_oldest();
         }
         while let Some(oldest) = self.log.front() {
             if now.duration_since(oldest.stored_at) <= config.retention_age {
                 break;
             }
-            self.log.pop_front();
+            self.drop_oldest();
         }
         self.expire_dedup(config, now);
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some(oldest) = self.log.pop_front() {
+            self.cost -= oldest.cost;
+            if matches!(oldest.event.event().kind, EventKind::Message { .. }) {
+                self.messages -= 1;
+            }
+        }
     }
 
     fn expire_dedup(&mut self, config: &CoreConfig, now: Instant) {
@@ -192,13 +262,17 @@ impl RoomState {
         }
     }
 
-    /// A room can be forgotten once nothing refers to it any more; its next
-    /// incarnation gets a new epoch so old cursors say `recovered: false`.
+    /// Nobody listens and nobody is present: the room may be evicted
+    /// under memory pressure, losing its history.
+    pub(crate) fn is_unattended(&self) -> bool {
+        self.listeners() == 0 && self.presence.is_empty()
+    }
+
+    /// A room can be forgotten once it is unattended and holds no message
+    /// (join/leave events alone do not pin it); its next incarnation gets a
+    /// new epoch so old cursors say `recovered: false`.
     pub(crate) fn is_idle(&mut self, config: &CoreConfig, now: Instant) -> bool {
         self.trim(config, now);
-        self.log.is_empty()
-            && self.dedup.is_empty()
-            && self.presence.is_empty()
-            && self.feed.receiver_count() == 0
+        self.messages == 0 && self.dedup.is_empty() && self.is_unattended()
     }
 }

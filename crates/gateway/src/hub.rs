@@ -10,7 +10,7 @@
 
 use crate::conn::{CloseReason, ConnControl, Outbound};
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use switchboard_bus::{Bus, BusError, FeedItem, TraceCarrier};
 use switchboard_protocol::{Cursor, RoomName, SharedEvent};
@@ -35,6 +35,9 @@ enum FeedState {
 }
 
 struct WatchedRoom {
+    /// Connections subscribed, kept under the hub's lock so that joining
+    /// and leaving never wait on a room's fan-out lock while holding it.
+    members: HashSet<u64>,
     subscribers: Subscribers,
     state: watch::Receiver<FeedState>,
     task: AbortHandle,
@@ -46,6 +49,23 @@ pub struct Hub {
     rooms: Mutex<HashMap<RoomName, WatchedRoom>>,
 }
 
+/// Undoes a subscription that did not complete (failed or cancelled at
+/// its await), so no watch outlives the call that started it.
+struct Registration<'a> {
+    hub: &'a Hub,
+    room: &'a RoomName,
+    conn: u64,
+    done: bool,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.hub.unsubscribe(self.room, self.conn);
+        }
+    }
+}
+
 impl Hub {
     pub fn new(bus: Arc<dyn Bus>) -> Self {
         Self {
@@ -54,23 +74,37 @@ impl Hub {
         }
     }
 
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, WatchedRoom>> {
+        self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Adds `conn` to the room's fan-out and returns once the room's feed
     /// is live, so that a history query made afterwards cannot miss an
-    /// event. On failure the connection is not subscribed.
+    /// event. On failure, or if the returned future is dropped before it
+    /// completes, the connection is not subscribed.
     pub async fn subscribe(
         &self,
         room: &RoomName,
         conn: u64,
         subscriber: Subscriber,
     ) -> Result<(), BusError> {
-        let mut state = {
-            let mut rooms = self.rooms.lock().unwrap_or_else(PoisonError::into_inner);
+        let (subscribers, mut state) = {
+            let mut rooms = self.rooms();
             let watched = rooms
                 .entry(room.clone())
                 .or_insert_with(|| self.watch(room));
-            write(&watched.subscribers).insert(conn, subscriber);
-            watched.state.clone()
+            watched.members.insert(conn);
+            let handles = (watched.subscribers.clone(), watched.state.clone());
+            metrics::gauge!(names::WATCHED_ROOMS).set(rooms.len() as f64);
+            handles
         };
+        let mut registration = Registration {
+            hub: self,
+            room,
+            conn,
+            done: false,
+        };
+        write(&subscribers).insert(conn, subscriber);
         let outcome = match state.wait_for(|s| !matches!(s, FeedState::Starting)).await {
             Ok(s) => match &*s {
                 FeedState::Failed(err) => Err(err.clone()),
@@ -78,34 +112,37 @@ impl Hub {
             },
             Err(_) => Err(BusError::Unavailable("room feed stopped".into())),
         };
-        if outcome.is_err() {
-            self.unsubscribe(room, conn);
-        }
+        registration.done = outcome.is_ok();
         outcome
     }
 
-    /// Removes `conn`; the last subscriber stops watching the room.
+    /// Removes `conn` (a no-op if it is not subscribed); the last
+    /// subscriber stops watching the room. The hub's lock is never held
+    /// while waiting for the room's fan-out.
     pub fn unsubscribe(&self, room: &RoomName, conn: u64) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(watched) = rooms.get(room) else {
-            return;
+        let subscribers = {
+            let mut rooms = self.rooms();
+            let Some(watched) = rooms.get_mut(room) else {
+                return;
+            };
+            if !watched.members.remove(&conn) {
+                return;
+            }
+            if watched.members.is_empty() {
+                if let Some(watched) = rooms.remove(room) {
+                    watched.task.abort();
+                }
+                metrics::gauge!(names::WATCHED_ROOMS).set(rooms.len() as f64);
+                return;
+            }
+            watched.subscribers.clone()
         };
-        let now_empty = {
-            let mut subs = write(&watched.subscribers);
-            subs.remove(&conn);
-            subs.is_empty()
-        };
-        if now_empty && let Some(watched) = rooms.remove(room) {
-            watched.task.abort();
-        }
+        write(&subscribers).remove(&conn);
     }
 
     /// Rooms watched right now (for tests and metrics).
     pub fn watched_rooms(&self) -> usize {
-        self.rooms
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.rooms().len()
     }
 
     fn watch(&self, room: &RoomName) -> WatchedRoom {
@@ -119,6 +156,7 @@ impl Hub {
         ))
         .abort_handle();
         WatchedRoom {
+            members: HashSet::new(),
             subscribers,
             state,
             task,
@@ -157,12 +195,22 @@ async fn run_room(
             return;
         }
     };
+    // The head after the feed started: every subscriber's own head comes
+    // later, so anything at or before it is covered by their resumes, and
+    // a first live event that does not follow it reveals a gap.
+    let head = match bus.resume(&room, None).await {
+        Ok(resume) => resume.head,
+        Err(err) => {
+            state.send_replace(FeedState::Failed(err));
+            return;
+        }
+    };
     state.send_replace(FeedState::Live);
     let mut room_feed = RoomFanOut {
         bus: bus.as_ref(),
         room: &room,
         subscribers: &subscribers,
-        last: None,
+        last: Some(head),
     };
     while let Some(item) = feed.next().await {
         let outcome = match item {
@@ -171,8 +219,10 @@ async fn run_room(
         };
         if let Err(why) = outcome {
             tracing::warn!(%room, %why, "live feed cannot be repaired; subscribers must resume");
+            // Continue from a fresh head, taken before the close so that
+            // whoever subscribes after the close resumes from a later one.
+            room_feed.last = bus.resume(&room, None).await.ok().map(|r| r.head);
             room_feed.close_all(CloseReason::FeedLost);
-            room_feed.last = None;
         }
     }
     tracing::warn!(%room, "live feed ended");
@@ -230,9 +280,9 @@ impl RoomFanOut<'_> {
     /// Fetches what the feed skipped since the last delivered event.
     async fn repair(&mut self) -> Result<(), String> {
         let Some(last) = self.last.clone() else {
-            // Nothing delivered yet, so nothing to continue from: every
+            // The head could not be read after an earlier failure: every
             // subscriber resumes on its own cursor instead.
-            return Err("feed lagged before its first event".into());
+            return Err("no known position to repair from".into());
         };
         metrics::counter!(names::GAP_REPAIRS).increment(1);
         let resume = self

@@ -15,6 +15,7 @@ mod error;
 mod http;
 mod hub;
 mod limits;
+mod net;
 mod ops;
 mod ratelimit;
 mod session;
@@ -24,15 +25,15 @@ pub use error::GatewayError;
 pub use http::{error_response, request_token, status_of};
 pub use hub::{Hub, Subscriber};
 pub use limits::Limits;
+pub use net::{Listener, Peer, TimedStream};
 pub use ops::{demo_page, ops_routes};
-pub use ratelimit::TokenBucket;
+pub use ratelimit::{KeyedBuckets, TokenBucket};
 pub use session::Session;
 
 use rand::Rng;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use switchboard_auth::{Authenticator, Identity};
 use switchboard_bus::{Bus, PublishAck};
@@ -42,6 +43,22 @@ use switchboard_telemetry::names;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+fn rate_limited(transport: Transport) -> GatewayError {
+    metrics::counter!(names::RATE_LIMITED, "transport" => transport.as_str()).increment(1);
+    GatewayError::refused(
+        ErrorCode::RateLimited,
+        "publish rate limit exceeded; slow down",
+    )
+}
+
+pub(crate) fn read_limited(transport: Transport) -> GatewayError {
+    metrics::counter!(names::RATE_LIMITED, "transport" => transport.as_str()).increment(1);
+    GatewayError::refused(
+        ErrorCode::RateLimited,
+        "history/presence read budget exceeded; slow down",
+    )
+}
 
 /// The transport a connection or request came in on (a metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +89,9 @@ pub struct GatewayConfig {
     pub auth: Authenticator,
 }
 
-const API_BUCKET_SHARDS: usize = 16;
-const API_BUCKETS_PER_SHARD: usize = 4096;
+/// Keys (users, client addresses) each keyed limiter holds before it
+/// forgets idle ones.
+const KEYED_BUCKETS: usize = 65_536;
 
 /// Per-process gateway context, shared by every connection.
 pub struct Gateway {
@@ -86,9 +104,13 @@ pub struct Gateway {
     draining: AtomicBool,
     instance: String,
     next_conn: AtomicU64,
-    /// HTTP publishes have no connection; they are rate-limited per user.
-    api_buckets: Vec<Mutex<HashMap<String, TokenBucket>>>,
-    hasher: RandomState,
+    /// HTTP and gRPC unary publishes have no connection; they are
+    /// rate-limited per user.
+    user_publishes: KeyedBuckets<String>,
+    /// Anonymous publishes per client address, over every transport.
+    ip_publishes: KeyedBuckets<IpAddr>,
+    /// HTTP history and presence reads per client address, by size.
+    ip_reads: KeyedBuckets<IpAddr>,
     /// What else the process needs to be ready (the core service, say).
     also_ready: std::sync::OnceLock<ReadinessCheck>,
 }
@@ -101,6 +123,15 @@ impl Gateway {
     /// "going away / restart" semantics when it fires.
     pub fn new(bus: Arc<dyn Bus>, config: GatewayConfig, shutdown: CancellationToken) -> Arc<Self> {
         let instance = format!("{:08x}", rand::rng().random::<u32>());
+        let limits = &config.limits;
+        let user_publishes =
+            KeyedBuckets::new(limits.publish_rate, limits.publish_burst, KEYED_BUCKETS);
+        let ip_publishes = KeyedBuckets::new(
+            limits.ip_publish_rate,
+            limits.ip_publish_burst,
+            KEYED_BUCKETS,
+        );
+        let ip_reads = KeyedBuckets::new(limits.read_rate, limits.read_burst, KEYED_BUCKETS);
         Arc::new(Self {
             hub: Hub::new(bus.clone()),
             bus,
@@ -111,10 +142,9 @@ impl Gateway {
             draining: AtomicBool::new(false),
             instance,
             next_conn: AtomicU64::new(1),
-            api_buckets: (0..API_BUCKET_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
-            hasher: RandomState::new(),
+            user_publishes,
+            ip_publishes,
+            ip_reads,
             also_ready: std::sync::OnceLock::new(),
         })
     }
@@ -190,15 +220,17 @@ impl Gateway {
         Ok(self.auth.authenticate(token, requested_user)?)
     }
 
-    /// Opens a protocol session; the receiver is what its writer drains.
+    /// Opens a protocol session for a client at `peer` (its address, for
+    /// per-address limits); the receiver is what its writer drains.
     pub fn open_session(
         self: &Arc<Self>,
         identity: Identity,
         transport: Transport,
+        peer: Option<IpAddr>,
     ) -> (Session, mpsc::Receiver<Outbound>) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let conn_key = format!("{}-{id}", self.instance);
-        Session::new(self.clone(), id, conn_key, identity, transport)
+        Session::new(self.clone(), id, conn_key, identity, transport, peer)
     }
 
     /// Checks and publishes one message; rate limiting is the caller's
@@ -262,29 +294,46 @@ impl Gateway {
         Ok((room, ack))
     }
 
-    /// Rate limit for connection-less publishes, keyed by user.
-    pub fn api_rate_limit(&self, key: &str) -> Result<(), GatewayError> {
-        let shard = &self.api_buckets[self.hasher.hash_one(key) as usize % API_BUCKET_SHARDS];
-        let mut buckets = shard.lock().unwrap_or_else(PoisonError::into_inner);
-        if buckets.len() >= API_BUCKETS_PER_SHARD {
-            let now = Instant::now();
-            buckets.retain(|_, bucket| !bucket.is_full_at(now));
-        }
-        let allowed = buckets
-            .entry(key.to_owned())
-            .or_insert_with(|| {
-                TokenBucket::new(self.limits.publish_rate, self.limits.publish_burst)
-            })
-            .try_take();
-        if allowed {
-            Ok(())
+    /// Rate limit for connection-less publishes: per user, and for
+    /// anonymous users also per client address.
+    pub fn api_rate_limit(&self, user: &str, peer: Option<IpAddr>) -> Result<(), GatewayError> {
+        if self.user_publishes.try_take(&user.to_owned()) {
+            self.ip_publish_limit(peer, Transport::Http)
         } else {
-            metrics::counter!(names::RATE_LIMITED, "transport" => Transport::Http.as_str())
-                .increment(1);
-            Err(GatewayError::refused(
-                ErrorCode::RateLimited,
-                "publish rate limit exceeded; slow down",
-            ))
+            Err(rate_limited(Transport::Http))
+        }
+    }
+
+    /// Anonymous users choose their names freely, so their publishes are
+    /// also limited per client address, whatever the connection.
+    pub fn ip_publish_limit(
+        &self,
+        peer: Option<IpAddr>,
+        transport: Transport,
+    ) -> Result<(), GatewayError> {
+        match peer {
+            Some(ip) if !self.requires_token() && !self.ip_publishes.try_take(&ip) => {
+                Err(rate_limited(transport))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads of a client address without a connection (HTTP history and
+    /// presence), charged by result size: refused while in debt.
+    pub fn ip_read_limit(&self, peer: Option<IpAddr>) -> Result<(), GatewayError> {
+        match peer {
+            Some(ip) if !self.ip_reads.with(&ip, TokenBucket::has_token) => {
+                Err(read_limited(Transport::Http))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Charges a read of `items` results to the client address.
+    pub fn ip_read_spend(&self, peer: Option<IpAddr>, items: usize) {
+        if let Some(ip) = peer {
+            self.ip_reads.with(&ip, |bucket| bucket.spend(items as f64));
         }
     }
 

@@ -20,6 +20,15 @@ pub struct Limits {
     pub ping_timeout: Duration,
     /// SSE heartbeat interval (the spec requires ≤ 15 s).
     pub sse_heartbeat: Duration,
+    /// History events and presence users a connection may read per second
+    /// (and an HTTP client address): replies are charged by their size, so
+    /// a small frame cannot pull megabytes at the frame rate.
+    pub read_rate: f64,
+    pub read_burst: f64,
+    /// Anonymous publishes per second per client address, over all its
+    /// connections and transports: self-chosen user names are free.
+    pub ip_publish_rate: f64,
+    pub ip_publish_burst: f64,
 }
 
 impl Default for Limits {
@@ -34,6 +43,10 @@ impl Default for Limits {
             ping_interval: Duration::from_secs(20),
             ping_timeout: Duration::from_secs(45),
             sse_heartbeat: Duration::from_secs(15),
+            read_rate: 1000.0,
+            read_burst: 5000.0,
+            ip_publish_rate: 200.0,
+            ip_publish_burst: 400.0,
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::hub::Subscriber;
 use crate::ratelimit::TokenBucket;
 use crate::{Gateway, GatewayError, Transport};
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 use switchboard_auth::Identity;
@@ -35,6 +36,10 @@ pub struct Session {
     /// flood of cheap-looking requests (history, presence, pings, garbage)
     /// cannot monopolise the gateway.
     frames: TokenBucket,
+    /// History events and presence users read, charged by reply size.
+    reads: TokenBucket,
+    /// The client's address, for per-address limits.
+    peer: Option<IpAddr>,
     tx: mpsc::Sender<Outbound>,
     control: Arc<ConnControl>,
     expiry: Option<AbortHandle>,
@@ -47,8 +52,10 @@ impl Session {
         conn_key: String,
         identity: Identity,
         transport: Transport,
+        peer: Option<IpAddr>,
     ) -> (Self, mpsc::Receiver<Outbound>) {
         let limits = gateway.limits();
+        let reads = TokenBucket::new(limits.read_rate, limits.read_burst);
         let (tx, rx) = mpsc::channel(limits.outbound_queue.max(1));
         let bucket = TokenBucket::new(limits.publish_rate, limits.publish_burst);
         let frames = TokenBucket::new(
@@ -76,6 +83,8 @@ impl Session {
             rooms: HashSet::new(),
             bucket,
             frames,
+            reads,
+            peer,
             tx,
             control,
             expiry,
@@ -130,31 +139,42 @@ impl Session {
                 after,
                 limit,
             } => {
-                let outcome = self
-                    .gateway
-                    .history(
-                        &self.identity,
-                        &room,
-                        after.as_deref(),
-                        before.as_deref(),
-                        limit,
-                    )
-                    .await
-                    .map(|(room, events)| ServerFrame::History {
-                        room: room.to_string(),
-                        events,
-                    });
+                let outcome = match self.take_read_budget() {
+                    Err(err) => Err(err),
+                    Ok(()) => self
+                        .gateway
+                        .history(
+                            &self.identity,
+                            &room,
+                            after.as_deref(),
+                            before.as_deref(),
+                            limit,
+                        )
+                        .await
+                        .map(|(room, events)| {
+                            self.reads.spend(events.len() as f64);
+                            ServerFrame::History {
+                                room: room.to_string(),
+                                events,
+                            }
+                        }),
+                };
                 (None, outcome)
             }
             ClientFrame::Presence { room } => {
                 let outcome =
-                    self.gateway
-                        .presence(&self.identity, &room)
-                        .await
-                        .map(|(room, users)| ServerFrame::Presence {
-                            room: room.to_string(),
-                            users,
-                        });
+                    match self.take_read_budget() {
+                        Err(err) => Err(err),
+                        Ok(()) => self.gateway.presence(&self.identity, &room).await.map(
+                            |(room, users)| {
+                                self.reads.spend(users.len() as f64);
+                                ServerFrame::Presence {
+                                    room: room.to_string(),
+                                    users,
+                                }
+                            },
+                        ),
+                    };
                 (None, outcome)
             }
             ClientFrame::Ping => (None, Ok(ServerFrame::Pong)),
@@ -236,19 +256,17 @@ impl Session {
             ));
         }
         let since: Option<Cursor> = since.map(str::parse).transpose()?;
-        self.push(Outbound::Subscribing(room.clone())).await;
-        let subscriber = Subscriber {
-            tx: self.tx.clone(),
-            control: self.control.clone(),
-        };
-        let gateway = self.gateway.clone();
-        gateway.hub().subscribe(&room, self.id, subscriber).await?;
-        // The hub's feed is live, so nothing after this head can be missed.
-        let resume = match gateway.bus().resume(&room, since.as_ref()).await {
+        // Recorded before the first await: if this call is cancelled there
+        // (the client went away mid-subscribe), dropping the session undoes
+        // the hub registration and the presence entry like any other room.
+        self.rooms.insert(room.clone());
+        let subscribed = self.start_subscription(&room, since.as_ref()).await;
+        let resume = match subscribed {
             Ok(resume) => resume,
             Err(err) => {
-                gateway.hub().unsubscribe(&room, self.id);
-                return Err(err.into());
+                self.rooms.remove(&room);
+                self.gateway.hub().unsubscribe(&room, self.id);
+                return Err(err);
             }
         };
         if since.is_some() {
@@ -260,7 +278,7 @@ impl Session {
             metrics::counter!(names::RESUMES, "result" => result).increment(1);
         }
         tracing::debug!(%room, head = %resume.head, recovered = resume.recovered, replay = resume.events.len(), "subscribed");
-        self.rooms.insert(room.clone());
+        let gateway = self.gateway.clone();
         self.push(Outbound::Subscribed {
             room: room.clone(),
             head: resume.head,
@@ -276,6 +294,25 @@ impl Session {
             tracing::warn!(%room, %err, "presence join failed");
         }
         Ok(())
+    }
+
+    /// Registers with the hub, then reads what the client missed.
+    async fn start_subscription(
+        &mut self,
+        room: &RoomName,
+        since: Option<&Cursor>,
+    ) -> Result<switchboard_core::Resume, GatewayError> {
+        self.push(Outbound::Subscribing(room.clone())).await;
+        let subscriber = Subscriber {
+            tx: self.tx.clone(),
+            control: self.control.clone(),
+        };
+        self.gateway
+            .hub()
+            .subscribe(room, self.id, subscriber)
+            .await?;
+        // The hub's feed is live, so nothing after this head can be missed.
+        Ok(self.gateway.bus().resume(room, since).await?)
     }
 
     async fn unsubscribe(&mut self, room: &str) -> Result<(), GatewayError> {
@@ -334,9 +371,19 @@ impl Session {
             .await
     }
 
+    /// History and presence need budget left; their size is charged
+    /// once known.
+    fn take_read_budget(&mut self) -> Result<(), GatewayError> {
+        if self.reads.has_token() {
+            Ok(())
+        } else {
+            Err(crate::read_limited(self.transport))
+        }
+    }
+
     fn take_publish_token(&mut self) -> Result<(), GatewayError> {
         if self.bucket.try_take() {
-            return Ok(());
+            return self.gateway.ip_publish_limit(self.peer, self.transport);
         }
         metrics::counter!(names::RATE_LIMITED, "transport" => self.transport.as_str()).increment(1);
         Err(GatewayError::refused(

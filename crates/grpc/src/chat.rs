@@ -58,6 +58,11 @@ pub(crate) fn call_span(name: &'static str, metadata: &MetadataMap) -> tracing::
     span
 }
 
+/// The client's address, for per-address limits.
+pub(crate) fn peer_ip<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
+    request.remote_addr().map(|addr| addr.ip())
+}
+
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
@@ -72,8 +77,9 @@ impl pb::chat_server::Chat for ChatApi {
         request: Request<Streaming<pb::ClientFrame>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let identity = identify(&self.gateway, request.metadata())?;
+        let peer = peer_ip(&request);
         let inbound = request.into_inner();
-        let (session, queue) = self.gateway.open_session(identity, Transport::Grpc);
+        let (session, queue) = self.gateway.open_session(identity, Transport::Grpc, peer);
         let (out, rx) = mpsc::channel(RESPONSE_BUFFER);
         let gateway = self.gateway.clone();
         tokio::spawn(async move {
@@ -101,8 +107,9 @@ impl pb::chat_server::Chat for ChatApi {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let identity = identify(&self.gateway, request.metadata())?;
+        let peer = peer_ip(&request);
         let req = request.into_inner();
-        let (mut session, mut queue) = self.gateway.open_session(identity, Transport::Grpc);
+        let (mut session, mut queue) = self.gateway.open_session(identity, Transport::Grpc, peer);
         session
             .subscribe(&req.room, non_empty(&req.since))
             .await
@@ -172,10 +179,11 @@ impl pb::chat_server::Chat for ChatApi {
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let identity = identify(&self.gateway, request.metadata())?;
         let span = call_span("grpc.publish", request.metadata());
+        let peer = peer_ip(&request);
         let req = request.into_inner();
         let id = non_empty(&req.id).map(str::to_owned);
         let outcome = async {
-            self.gateway.api_rate_limit(&identity.user)?;
+            self.gateway.api_rate_limit(&identity.user, peer)?;
             self.gateway
                 .publish(&identity, &req.room, req.text, id.clone(), Transport::Grpc)
                 .await
@@ -233,7 +241,8 @@ impl pb::chat_server::Chat for ChatApi {
 }
 
 /// Feeds client frames to the session. A half-closed request stream keeps
-/// the responses flowing; a broken or oversized one ends the call.
+/// the responses flowing (the writer ends the call once the client drops
+/// it); a broken or oversized one ends the call.
 async fn read_frames(mut inbound: Streaming<pb::ClientFrame>, session: &mut Session) {
     while let Some(frame) = inbound.next().await {
         match frame {

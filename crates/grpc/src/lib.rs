@@ -22,6 +22,18 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+/// Concurrent streams one HTTP/2 connection may open: each stream is a
+/// session, so one connection cannot open unbounded numbers of them.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Server pings on every connection this often...
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
+/// ...and a peer that does not answer within this is dropped, with its
+/// streams and sessions.
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+/// Streams reset by the client before the server accepted them, kept at
+/// most (rapid-reset defence).
+const MAX_PENDING_RESETS: usize = 50;
+
 /// Why the gRPC server stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcError {
@@ -100,7 +112,16 @@ pub async fn serve(
             .set_not_serving::<pb::chat_server::ChatServer<ChatApi>>()
             .await;
     };
+    // HTTP/2 limits: bounded streams per connection (each one is a
+    // session), pings that find dead peers even on idle connections, and
+    // TCP keepalive below them. h2 0.4.20 is past the rapid-reset and
+    // CONTINUATION-flood advisories.
     tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(chat)

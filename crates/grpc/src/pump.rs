@@ -33,7 +33,10 @@ pub(crate) async fn send<T>(out: &Out<T>, control: &ConnControl, item: T) -> boo
     }
 }
 
-/// Runs until the client goes away or the server closes the connection.
+/// Runs until the client goes away (the call is cancelled or reset, which
+/// drops the response stream, or a send finds it gone) or the server
+/// closes the connection. The caller drops the session when this returns,
+/// so the client leaves presence and the connection gauge at once.
 pub(crate) async fn pump<T: Send + 'static>(
     mut queue: mpsc::Receiver<Outbound>,
     mut delivery: Delivery,
@@ -47,6 +50,7 @@ pub(crate) async fn pump<T: Send + 'static>(
         tokio::select! {
             biased;
             reason = control.closed() => break reason,
+            () = out.closed() => return,
             () = gateway.shutdown().cancelled() => control.close(CloseReason::Shutdown),
             count = queue.recv_many(&mut batch, WRITE_BATCH) => {
                 if count == 0 {
@@ -54,15 +58,23 @@ pub(crate) async fn pump<T: Send + 'static>(
                 }
                 let writes = delivery.accept_batch(batch.drain(..), control);
                 let mut events = 0u64;
+                let mut gone = false;
                 for write in writes {
                     events += u64::from(matches!(write, Deliver::Event(_)));
                     if let Some(item) = map(write)
                         && !send(out, control, item).await
                     {
+                        gone = true;
                         break;
                     }
                 }
                 metrics::counter!(names::MESSAGES_OUT, "transport" => "grpc").increment(events);
+                if gone {
+                    if let Some(reason) = control.reason() {
+                        break reason;
+                    }
+                    return; // the client went away
+                }
             }
         }
     };

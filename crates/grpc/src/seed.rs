@@ -44,8 +44,9 @@ impl ChatService for SeedChat {
             .unwrap_or(DEFAULT_SEED_ROOM);
         let room = RoomName::parse(room)
             .map_err(|err| Status::invalid_argument(format!("x-room: {err}")))?;
+        let peer = crate::chat::peer_ip(&request);
         let inbound = request.into_inner();
-        let (mut session, queue) = self.gateway.open_session(identity, Transport::Grpc);
+        let (mut session, queue) = self.gateway.open_session(identity, Transport::Grpc, peer);
         session
             .subscribe(room.as_str(), None)
             .await

@@ -68,6 +68,9 @@ impl Cursor {
     }
 }
 
+/// The largest offset a cursor may carry.
+pub const MAX_OFFSET: u64 = i64::MAX as u64;
+
 impl FromStr for Cursor {
     type Err = ProtocolError;
 
@@ -78,6 +81,13 @@ impl FromStr for Cursor {
         let offset = offset
             .parse::<u64>()
             .map_err(|_| ProtocolError::BadCursor(format!("bad offset in {s:?}")))?;
+        // Offsets are stream sequences, far below this; refusing the top
+        // half keeps every `offset + 1` downstream from overflowing.
+        if offset > MAX_OFFSET {
+            return Err(ProtocolError::BadCursor(format!(
+                "offset in {s:?} is out of range"
+            )));
+        }
         Ok(Self {
             epoch: Epoch::parse(epoch)?,
             offset,
@@ -111,7 +121,17 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         for bad in [
-            "", "7", ":7", "e:", "e:-1", "e:x", "a:b:1", "e f:1", "e.1:2",
+            "",
+            "7",
+            ":7",
+            "e:",
+            "e:-1",
+            "e:x",
+            "a:b:1",
+            "e f:1",
+            "e.1:2",
+            "e:18446744073709551615",
+            "e:9223372036854775808",
         ] {
             assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
         }

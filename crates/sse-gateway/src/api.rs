@@ -1,6 +1,6 @@
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -8,7 +8,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use switchboard_auth::Identity;
-use switchboard_gateway::{Gateway, GatewayError, Transport, request_token};
+use switchboard_gateway::{Gateway, GatewayError, Peer, Transport, request_token};
 use switchboard_protocol::ErrorCode;
 use switchboard_protocol::frames::events_json_array;
 
@@ -39,6 +39,7 @@ struct PublishBody {
 
 async fn publish(
     State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(room): Path<String>,
     params: Params,
     headers: HeaderMap,
@@ -65,7 +66,7 @@ async fn publish(
             })
             .transpose()?;
         let id = body.id.or(key);
-        gateway.api_rate_limit(&identity.user)?;
+        gateway.api_rate_limit(&identity.user, Some(peer.0.ip()))?;
         let (room, ack) = gateway
             .publish(&identity, &room, body.text, id.clone(), Transport::Http)
             .await?;
@@ -88,12 +89,15 @@ async fn publish(
 
 async fn history(
     State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(room): Path<String>,
     params: Params,
     headers: HeaderMap,
 ) -> Response {
+    let peer = Some(peer.0.ip());
     let outcome = async {
         let identity = identify(&gateway, &headers, &params)?;
+        gateway.ip_read_limit(peer)?;
         let limit = params
             .get("limit")
             .map(|l| {
@@ -107,6 +111,7 @@ async fn history(
         let (_, events) = gateway
             .history(&identity, &room, after, before, limit)
             .await?;
+        gateway.ip_read_spend(peer, events.len());
         Ok::<_, GatewayError>(events)
     }
     .await;
@@ -124,13 +129,18 @@ async fn history(
 
 async fn presence(
     State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(room): Path<String>,
     params: Params,
     headers: HeaderMap,
 ) -> Response {
+    let peer = Some(peer.0.ip());
     let outcome = async {
         let identity = identify(&gateway, &headers, &params)?;
-        gateway.presence(&identity, &room).await
+        gateway.ip_read_limit(peer)?;
+        let (room, users) = gateway.presence(&identity, &room).await?;
+        gateway.ip_read_spend(peer, users.len());
+        Ok::<_, GatewayError>((room, users))
     }
     .await;
     match outcome {

@@ -1,5 +1,5 @@
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use switchboard_gateway::{
-    CloseReason, Deliver, Delivery, Gateway, GatewayError, Outbound, Session, Transport,
+    CloseReason, Deliver, Delivery, Gateway, GatewayError, Outbound, Peer, Session, Transport,
     request_token,
 };
 use switchboard_protocol::frames::ServerFrame;
@@ -25,6 +25,7 @@ const WRITE_BATCH: usize = 64;
 /// stream starts; after that the stream only carries events.
 pub(crate) async fn sse(
     State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(room): Path<String>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -44,7 +45,7 @@ pub(crate) async fn sse(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
         .or_else(|| params.get("since").map(String::as_str));
-    let (mut session, queue) = gateway.open_session(identity, Transport::Sse);
+    let (mut session, queue) = gateway.open_session(identity, Transport::Sse, Some(peer.0.ip()));
     if let Err(err) = session.subscribe(&room, since).await {
         return err.into_response();
     }
@@ -74,7 +75,10 @@ pub(crate) async fn sse(
 }
 
 /// The stream owns the session: when the client goes away the body is
-/// dropped, and with it the session, which leaves the room.
+/// dropped, and with it the session, which leaves the room. A client that
+/// stops reading is dropped by the socket's write timeout (see the
+/// gateway's `net` module): a stalled body is never polled, so the close
+/// of a slow consumer alone could not end it.
 struct EventStream {
     session: Session,
     queue: mpsc::Receiver<Outbound>,

@@ -36,6 +36,33 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"))
 }
 
+/// Parses `65536`, `64KB`, `64KiB`, `1MB`, `1GiB` (K/M/G are powers of
+/// 1024 either way: limits, not marketing).
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 65536, 64KiB, 1GiB"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (KiB, MiB, GiB)"
+            ));
+        }
+    };
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// Authentication flags (spec §7).
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
@@ -101,6 +128,20 @@ pub struct LimitArgs {
     /// SSE heartbeat interval (at most 15 s).
     #[arg(long, env = "SWITCHBOARD_SSE_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
     pub sse_heartbeat: Duration,
+    /// History events plus presence users one connection (or one HTTP
+    /// client address) may read per second; replies are charged by size.
+    #[arg(long, env = "SWITCHBOARD_HISTORY_RATE", default_value_t = 1000.0)]
+    pub history_rate: f64,
+    /// History/presence read burst before the rate applies.
+    #[arg(long, env = "SWITCHBOARD_HISTORY_BURST", default_value_t = 5000.0)]
+    pub history_burst: f64,
+    /// Anonymous publishes per second per client address, over all its
+    /// connections and transports (anonymous users pick their own names).
+    #[arg(long, env = "SWITCHBOARD_IP_PUBLISH_RATE", default_value_t = 200.0)]
+    pub ip_publish_rate: f64,
+    /// Anonymous publish burst per client address.
+    #[arg(long, env = "SWITCHBOARD_IP_PUBLISH_BURST", default_value_t = 400.0)]
+    pub ip_publish_burst: f64,
     /// Allowed browser origins for WebSocket and CORS, comma-separated; empty allows any.
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -137,6 +178,14 @@ impl LimitArgs {
             self.sse_heartbeat > Duration::ZERO && self.sse_heartbeat <= Duration::from_secs(15),
             "--sse-heartbeat must be within (0, 15s]",
         )?;
+        check(
+            self.history_rate > 0.0 && self.history_burst >= 1.0,
+            "--history-rate must be positive and --history-burst at least 1",
+        )?;
+        check(
+            self.ip_publish_rate > 0.0 && self.ip_publish_burst >= 1.0,
+            "--ip-publish-rate must be positive and --ip-publish-burst at least 1",
+        )?;
         Ok(Limits {
             max_text_bytes: self.max_text_bytes,
             max_frame_bytes: self.max_frame_bytes,
@@ -147,6 +196,10 @@ impl LimitArgs {
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             sse_heartbeat: self.sse_heartbeat,
+            read_rate: self.history_rate,
+            read_burst: self.history_burst,
+            ip_publish_rate: self.ip_publish_rate,
+            ip_publish_burst: self.ip_publish_burst,
         })
     }
 }
@@ -163,6 +216,17 @@ pub struct RetentionArgs {
     /// How long a publish id is remembered for de-duplication.
     #[arg(long, env = "SWITCHBOARD_DEDUP_WINDOW", default_value = "2m", value_parser = parse_duration)]
     pub dedup_window: Duration,
+    /// Rooms the in-memory bus holds at most (standalone without NATS);
+    /// the oldest unattended rooms are evicted beyond it.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MEMORY_MAX_ROOMS",
+        default_value_t = 1_000_000
+    )]
+    pub memory_max_rooms: usize,
+    /// Estimated bytes of rooms and events the in-memory bus holds at most.
+    #[arg(long, env = "SWITCHBOARD_MEMORY_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub memory_max_bytes: usize,
 }
 
 impl RetentionArgs {
@@ -172,11 +236,18 @@ impl RetentionArgs {
                 "--retention-count must be positive".into(),
             ));
         }
+        if self.memory_max_rooms == 0 || self.memory_max_bytes == 0 {
+            return Err(StartError::Config(
+                "--memory-max-rooms and --memory-max-bytes must be positive".into(),
+            ));
+        }
         Ok(CoreConfig {
             retention_count: self.retention_count,
             retention_age: self.retention_age,
             dedup_window: self.dedup_window,
             max_text_bytes,
+            max_rooms: self.memory_max_rooms,
+            max_bytes: self.memory_max_bytes,
             ..CoreConfig::default()
         })
     }
@@ -275,5 +346,16 @@ mod tests {
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("65536"), Ok(65536));
+        assert_eq!(parse_bytes("64KiB"), Ok(65536));
+        assert_eq!(parse_bytes("1MB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert!(parse_bytes("1 parsec").is_err());
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("99999999999999999999G").is_err());
     }
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_bus::{Bus, MemoryBus};
-use switchboard_gateway::{Gateway, GatewayConfig, demo_page, ops_routes};
+use switchboard_gateway::{Gateway, GatewayConfig, Listener, Peer, demo_page, ops_routes};
 use switchboard_nats::{CoreService, NatsBus};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -130,7 +130,10 @@ pub async fn start(role: Role, args: &ServeArgs) -> Result<Server, StartError> {
 
     let http = bind("HTTP", args.http_addr).await?;
     let http_addr = local_addr("HTTP", &http, args.http_addr)?;
-    let router = router(role, gateway.clone());
+    // A peer that reads nothing for as long as a WebSocket peer may stay
+    // silent is gone: the same bound ends stalled SSE streams.
+    let http = Listener::new(http, gateway.limits().ping_timeout);
+    let router = router(role, gateway.clone()).into_make_service_with_connect_info::<Peer>();
     let stop = shutdown.clone();
     tasks.spawn(async move {
         let served = axum::serve(http, router)

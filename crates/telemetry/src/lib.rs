@@ -50,6 +50,16 @@ pub mod names {
     pub const DELIVERY_LATENCY: &str = "switchboard_delivery_latency_seconds";
     /// Counter of live-feed gaps repaired from history.
     pub const GAP_REPAIRS: &str = "switchboard_gap_repairs_total";
+    /// Counter of unattended rooms the memory bus evicted at its bounds.
+    pub const ROOMS_EVICTED: &str = "switchboard_rooms_evicted_total";
+    /// Gauge of rooms the memory bus holds.
+    pub const MEMORY_ROOMS: &str = "switchboard_memory_rooms";
+    /// Gauge of estimated bytes the memory bus holds (rooms and events).
+    pub const MEMORY_BYTES: &str = "switchboard_memory_bytes";
+    /// Counter of connections closed because writes made no progress.
+    pub const WRITE_TIMEOUTS: &str = "switchboard_write_timeouts_total";
+    /// Gauge of rooms this gateway process watches (one live feed each).
+    pub const WATCHED_ROOMS: &str = "switchboard_watched_rooms";
 }
 
 /// Log line format.
@@ -189,9 +199,12 @@ pub fn register_series() {
         names::PING_FAILURES,
         names::GAP_REPAIRS,
         names::NATS_RECONNECTS,
+        names::ROOMS_EVICTED,
+        names::WRITE_TIMEOUTS,
     ] {
         metrics::counter!(name).increment(0);
     }
+    metrics::gauge!(names::WATCHED_ROOMS).increment(0.0);
 }
 
 /// Renders the Prometheus text exposition of every metric.

@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use switchboard_auth::Identity;
 use switchboard_gateway::{
-    CloseReason, ConnControl, Deliver, Delivery, Gateway, GatewayError, Outbound, Session,
-    Transport,
+    CloseReason, ConnControl, Deliver, Delivery, Gateway, Outbound, Peer, Session, Transport,
 };
 use switchboard_protocol::ErrorCode;
-use switchboard_protocol::frames::{ClientFrame, ServerFrame};
+use switchboard_protocol::frames::{BadFrame, ClientFrame, ServerFrame};
 use switchboard_telemetry::names;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite;
@@ -71,8 +70,15 @@ impl Liveness {
     }
 }
 
-pub(crate) async fn run(socket: WebSocket, gateway: Arc<Gateway>, identity: Identity, mode: Mode) {
-    let (mut session, queue) = gateway.open_session(identity, Transport::WebSocket);
+pub(crate) async fn run(
+    socket: WebSocket,
+    gateway: Arc<Gateway>,
+    identity: Identity,
+    mode: Mode,
+    peer: Peer,
+) {
+    let (mut session, queue) =
+        gateway.open_session(identity, Transport::WebSocket, Some(peer.0.ip()));
     let control = session.control().clone();
     let liveness = Liveness {
         start: Instant::now(),
@@ -132,12 +138,17 @@ async fn read_loop(
                 session.control().close(CloseReason::TooLarge);
             }
             Message::Text(text) => handle_text(session, mode, text.as_str()).await,
+            Message::Binary(binary) if binary.len() > max_frame => {
+                session.control().close(CloseReason::TooLarge);
+            }
+            // Refused like any unreadable frame, from the same budget.
             Message::Binary(_) => {
-                let err = GatewayError::refused(
-                    ErrorCode::BadFrame,
-                    "binary frames are not supported; send JSON text frames",
-                );
-                session.reject_with(None, &err).await;
+                session
+                    .reject(BadFrame {
+                        id: None,
+                        message: "binary frames are not supported; send JSON text frames".into(),
+                    })
+                    .await;
             }
             Message::Close(_) => return,
             Message::Ping(_) | Message::Pong(_) => {}

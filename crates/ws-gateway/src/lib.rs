@@ -12,13 +12,13 @@ mod connection;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use std::sync::Arc;
-use switchboard_gateway::{Gateway, GatewayError, request_token};
+use switchboard_gateway::{Gateway, GatewayError, Peer, request_token};
 use switchboard_protocol::{ErrorCode, RoomName};
 
 /// The subprotocol of the JSON protocol; also what a client gets when it
@@ -53,26 +53,29 @@ pub(crate) enum Mode {
 
 async fn ws_json(
     State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Query(params): Query<ConnectParams>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    accept(gateway, params, headers, upgrade, false)
+    accept(gateway, peer, params, headers, upgrade, false)
 }
 
 async fn ws_chat(
     State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Query(params): Query<ConnectParams>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    accept(gateway, params, headers, upgrade, true)
+    accept(gateway, peer, params, headers, upgrade, true)
 }
 
 /// Everything that can be refused is refused here, before the upgrade, as
 /// a plain HTTP error a client can read.
 fn accept(
     gateway: Arc<Gateway>,
+    peer: Peer,
     params: ConnectParams,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -109,5 +112,5 @@ fn accept(
         .protocols([SUBPROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| connection::run(socket, gateway, identity, mode))
+        .on_upgrade(move |socket| connection::run(socket, gateway, identity, mode, peer))
 }

@@ -1,0 +1,178 @@
+//! The HTTP listener of every gateway: accepted sockets carry their peer
+//! address to the handlers (per-address limits) and a write-progress
+//! timeout.
+//!
+//! A client that stops reading fills its socket; the server's writes then
+//! stay pending forever, and a response body (an SSE stream) is never
+//! polled again, so nothing above the socket can notice. The timeout lives
+//! in the socket itself: a write that makes no progress for the bound
+//! fails, hyper drops the connection, and with it the stream and its
+//! session (presence leaves, memory is freed). WebSocket connections run
+//! on the same sockets after their upgrade.
+
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use switchboard_telemetry::names;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+
+/// The client address of a request, from the accepted socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, Listener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, Listener>) -> Self {
+        *stream.remote_addr()
+    }
+}
+
+/// A TCP listener whose sockets time out stalled writes.
+#[derive(Debug)]
+pub struct Listener {
+    inner: TcpListener,
+    write_timeout: Duration,
+}
+
+impl Listener {
+    pub fn new(inner: TcpListener, write_timeout: Duration) -> Self {
+        Self {
+            inner,
+            write_timeout,
+        }
+    }
+}
+
+impl axum::serve::Listener for Listener {
+    type Io = TimedStream;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    return (TimedStream::new(stream, self.write_timeout), Peer(addr));
+                }
+                Err(err) if is_connection_error(&err) => {}
+                Err(err) => {
+                    // Out of file descriptors, typically: accepting again at
+                    // once would spin, so back off as axum's listener does.
+                    tracing::error!(%err, "accept failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr().map(Peer)
+    }
+}
+
+fn is_connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// A socket whose writes fail once they have made no progress for
+/// `timeout`. The timer is allocated only when a write first stalls.
+#[derive(Debug)]
+pub struct TimedStream {
+    inner: TcpStream,
+    timeout: Duration,
+    stall: Option<Pin<Box<Sleep>>>,
+    stalled: bool,
+}
+
+impl TimedStream {
+    fn new(inner: TcpStream, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            stall: None,
+            stalled: false,
+        }
+    }
+
+    /// Passes a write's outcome through, arming the stall timer while it
+    /// is pending and failing the write once the timer fires.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Ready(result) => {
+                self.stalled = false;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let deadline = Instant::now() + self.timeout;
+                let timer = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !self.stalled {
+                    self.stalled = true;
+                    timer.as_mut().reset(deadline);
+                }
+                ready!(timer.as_mut().poll(cx));
+                metrics::counter!(names::WRITE_TIMEOUTS).increment(1);
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "peer stopped reading: write made no progress",
+                )))
+            }
+        }
+    }
+}
+
+impl AsyncRead for TimedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TimedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
