@@ -18,6 +18,11 @@ use switchboard_telemetry::{TRACE_TARGET, names};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+/// Retries of a repair while the core is unreachable (50 ms doubling:
+/// about 3 s in all).
+const REPAIR_RETRIES: u32 = 6;
+const REPAIR_FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A connection's end of the fan-out.
 #[derive(Clone, Debug)]
 pub struct Subscriber {
@@ -236,7 +241,8 @@ struct RoomFanOut<'a> {
     bus: &'a dyn Bus,
     room: &'a RoomName,
     subscribers: &'a Subscribers,
-    /// Cursor of the last event handed to subscribers.
+    /// Cursor of the last event handed to subscribers (at first, the head
+    /// when the feed started); `None` only if that could not be read.
     last: Option<Cursor>,
 }
 
@@ -286,8 +292,7 @@ impl RoomFanOut<'_> {
         };
         metrics::counter!(names::GAP_REPAIRS).increment(1);
         let resume = self
-            .bus
-            .resume(self.room, Some(&last))
+            .resume_after(&last)
             .await
             .map_err(|err| err.to_string())?;
         if !resume.recovered {
@@ -299,6 +304,26 @@ impl RoomFanOut<'_> {
             }
         }
         Ok(())
+    }
+
+    /// History after `last`, retried for a few seconds while the core is
+    /// unreachable: after a NATS reconnect the core may come back a moment
+    /// after this gateway, and closing every subscriber for that would
+    /// turn a blip into a reconnect storm.
+    async fn resume_after(&self, last: &Cursor) -> Result<switchboard_core::Resume, BusError> {
+        let mut delay = REPAIR_FIRST_DELAY;
+        let mut attempt = 0;
+        loop {
+            match self.bus.resume(self.room, Some(last)).await {
+                Err(BusError::Unavailable(why)) if attempt < REPAIR_RETRIES => {
+                    tracing::debug!(room = %self.room, %why, ?delay, "repair waits for the core");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// Pushes the event to every subscriber; returns how many got it.
@@ -323,5 +348,62 @@ impl RoomFanOut<'_> {
         for subscriber in read(self.subscribers).values() {
             subscriber.control.close(reason);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_bus::MemoryBus;
+    use switchboard_core::CoreConfig;
+
+    fn subscriber() -> Subscriber {
+        Subscriber {
+            tx: mpsc::channel(8).0,
+            control: ConnControl::new(),
+        }
+    }
+
+    /// Leaving a room whose fan-out is busy used to wait for it while
+    /// holding the hub's lock, stalling every other room's joins and leaves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leaving_a_busy_room_does_not_hold_the_hub() {
+        let hub = Arc::new(Hub::new(MemoryBus::new(CoreConfig::default())));
+        let busy = RoomName::parse("busy").expect("room");
+        for conn in [1, 2] {
+            hub.subscribe(&busy, conn, subscriber())
+                .await
+                .expect("subscribed");
+        }
+        let fan_out = hub.rooms().get(&busy).expect("watched").subscribers.clone();
+        let delivering = read(&fan_out);
+        let (left_tx, left_rx) = std::sync::mpsc::channel();
+        {
+            let (hub, busy) = (hub.clone(), busy.clone());
+            std::thread::spawn(move || {
+                hub.unsubscribe(&busy, 1);
+                let _ = left_tx.send(());
+            });
+        }
+        // Give the leaver time to reach the room's lock; if it held the
+        // hub's lock meanwhile, the calls below could not finish.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                let watched = hub.watched_rooms();
+                let _ = done_tx.send(watched);
+            });
+        }
+        let watched = done_rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the hub answers while a room is busy");
+        assert_eq!(watched, 1);
+        drop(delivering);
+        left_rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the leave completes once the fan-out is done");
+        assert!(!read(&fan_out).contains_key(&1));
     }
 }

@@ -124,3 +124,51 @@ async fn full_queue_closes_only_the_slow_subscriber() {
     );
     assert!(!fast.is_closed());
 }
+
+/// The gap check used to be off until a room's first live event: a feed
+/// that lagged before delivering anything closed every subscriber instead
+/// of repairing from the head the watch started at.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lag_before_the_first_event_is_repaired_too() {
+    let bus = MemoryBus::new(CoreConfig {
+        feed_capacity: 4,
+        ..CoreConfig::default()
+    });
+    let hub = Hub::new(bus.clone());
+    let room = RoomName::parse("early").expect("room");
+    let (tx, mut rx) = mpsc::channel(1000);
+    let control = ConnControl::new();
+    hub.subscribe(
+        &room,
+        1,
+        Subscriber {
+            tx,
+            control: control.clone(),
+        },
+    )
+    .await
+    .expect("subscribed");
+    // No yield: the room task has read nothing yet when the feed overflows.
+    for i in 0..30 {
+        bus.publish(PublishRequest {
+            room: room.clone(),
+            user: "u".into(),
+            text: format!("m{i}"),
+            id: None,
+        })
+        .await
+        .expect("publish");
+    }
+    let mut offsets = Vec::new();
+    while offsets.len() < 30 {
+        let item = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("events in time")
+            .expect("open");
+        if let Outbound::Event(event) = item {
+            offsets.push(event.offset());
+        }
+    }
+    assert_eq!(offsets, (1..=30).collect::<Vec<u64>>());
+    assert!(!control.is_closed(), "repaired, not dropped");
+}

@@ -137,11 +137,13 @@ pub struct LimitArgs {
     pub history_burst: f64,
     /// Anonymous publishes per second per client address, over all its
     /// connections and transports (anonymous users pick their own names).
-    #[arg(long, env = "SWITCHBOARD_IP_PUBLISH_RATE", default_value_t = 200.0)]
-    pub ip_publish_rate: f64,
-    /// Anonymous publish burst per client address.
-    #[arg(long, env = "SWITCHBOARD_IP_PUBLISH_BURST", default_value_t = 400.0)]
-    pub ip_publish_burst: f64,
+    /// Default: 4 × --publish-rate, at least 200.
+    #[arg(long, env = "SWITCHBOARD_IP_PUBLISH_RATE")]
+    pub ip_publish_rate: Option<f64>,
+    /// Anonymous publish burst per client address. Default: 4 ×
+    /// --publish-burst, at least 400.
+    #[arg(long, env = "SWITCHBOARD_IP_PUBLISH_BURST")]
+    pub ip_publish_burst: Option<f64>,
     /// Allowed browser origins for WebSocket and CORS, comma-separated; empty allows any.
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -182,8 +184,16 @@ impl LimitArgs {
             self.history_rate > 0.0 && self.history_burst >= 1.0,
             "--history-rate must be positive and --history-burst at least 1",
         )?;
+        // An address is a few connections at least, so its default allowance
+        // follows the per-connection one.
+        let ip_publish_rate = self
+            .ip_publish_rate
+            .unwrap_or((4.0 * self.publish_rate).max(200.0));
+        let ip_publish_burst = self
+            .ip_publish_burst
+            .unwrap_or((4.0 * self.publish_burst).max(400.0));
         check(
-            self.ip_publish_rate > 0.0 && self.ip_publish_burst >= 1.0,
+            ip_publish_rate > 0.0 && ip_publish_burst >= 1.0,
             "--ip-publish-rate must be positive and --ip-publish-burst at least 1",
         )?;
         Ok(Limits {
@@ -198,8 +208,8 @@ impl LimitArgs {
             sse_heartbeat: self.sse_heartbeat,
             read_rate: self.history_rate,
             read_burst: self.history_burst,
-            ip_publish_rate: self.ip_publish_rate,
-            ip_publish_burst: self.ip_publish_burst,
+            ip_publish_rate,
+            ip_publish_burst,
         })
     }
 }

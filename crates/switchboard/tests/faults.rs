@@ -298,3 +298,35 @@ async fn r3_cluster_survives_the_loss_of_a_node() {
     }
     assert_eq!(replay, acked[5..].to_vec());
 }
+
+/// A NATS reconnect used to close the subscribers of a quiet room with
+/// 1013: the hub repaired at once, found the core not back yet (or had no
+/// position at all), and gave up. It now repairs from the head its watch
+/// started at, retrying while the core comes back, and the subscriber
+/// simply keeps receiving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_reconnect_keeps_subscribers_of_quiet_rooms() {
+    let dir = TempDir::new("quiet");
+    let mut nats = Nats::start(&dir.0);
+    let core = Service::start("core", &nats.url(), &[]);
+    let gateway = Service::start("ws-gateway", &nats.url(), &[]);
+    core.wait_ready(true).await;
+    gateway.wait_ready(true).await;
+    let mut subscribers = Vec::new();
+    for i in 0..5 {
+        let mut ws = Ws::connect(&gateway.ws_url(&format!("/ws?user=quiet{i}"))).await;
+        ws.subscribe(&format!("quiet{i}"), None).await;
+        subscribers.push(ws);
+    }
+    nats.restart();
+    gateway.wait_ready(true).await;
+    core.wait_ready(true).await;
+    for (i, ws) in subscribers.iter_mut().enumerate() {
+        let room = format!("quiet{i}");
+        let (status, body) = post(&gateway, &room, json!({"text": "after the blip"})).await;
+        assert_eq!(status, 201, "{body}");
+        // `recv` panics on a close frame: the subscriber must stay.
+        let message = ws.recv_type("message").await;
+        assert_eq!(message["text"], "after the blip");
+    }
+}

@@ -46,6 +46,8 @@ fn wait_for_port(port: u16, what: &str) {
 pub struct Nats {
     pub port: u16,
     pub cluster_port: u16,
+    /// HTTP monitoring (`/varz`, `/subsz`, `/jsz`).
+    pub monitor_port: u16,
     store: PathBuf,
     routes: Vec<u16>,
     name: String,
@@ -67,6 +69,7 @@ impl Nats {
         let mut nats = Self {
             port,
             cluster_port,
+            monitor_port: free_port(),
             store: store.to_path_buf(),
             routes,
             name: name.to_owned(),
@@ -82,6 +85,7 @@ impl Nats {
         command
             .args(["-js", "-a", "127.0.0.1", "-n", &self.name])
             .args(["-p", &self.port.to_string()])
+            .args(["-m", &self.monitor_port.to_string()])
             .arg("-sd")
             .arg(&self.store)
             .stdout(Stdio::null())
@@ -106,6 +110,22 @@ impl Nats {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// One monitoring endpoint as JSON, e.g. `/subsz`.
+    pub async fn monitor(&self, path: &str) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}{path}", self.monitor_port);
+        tokio::time::timeout(WAIT, async { reqwest::get(&url).await?.json().await })
+            .await
+            .expect("monitoring answers in time")
+            .expect("monitoring JSON")
+    }
+
+    /// Subscriptions the server holds right now, over every client.
+    pub async fn subscriptions(&self) -> u64 {
+        self.monitor("/subsz").await["num_subscriptions"]
+            .as_u64()
+            .expect("num_subscriptions")
     }
 
     /// Stops the server at once (SIGKILL).
@@ -191,9 +211,22 @@ impl Service {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .arg(role)
-            .args(["--nats-url", nats_url])
+        Self::spawn(role, Some(nats_url), extra, env)
+    }
+
+    /// `switchboard standalone` on its in-memory bus, as a process of its
+    /// own (so its memory and metrics are its alone).
+    pub fn standalone(extra: &[&str]) -> Self {
+        Self::spawn("standalone", None, extra, &[])
+    }
+
+    fn spawn(role: &str, nats_url: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        command.arg(role);
+        if let Some(url) = nats_url {
+            command.args(["--nats-url", url]);
+        }
+        let mut child = command
             .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
             .args(["--log-format", "json"])
             .args(extra)
@@ -241,6 +274,37 @@ impl Service {
 
     pub fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.http)
+    }
+
+    /// Resident memory of the process, bytes (from `/proc`).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("process status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
+    /// The value of one series of `/metrics`, e.g.
+    /// `switchboard_connections{transport="grpc"}`; 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = tokio::time::timeout(WAIT, async {
+            reqwest::get(self.url("/metrics")).await?.text().await
+        })
+        .await
+        .expect("metrics in time")
+        .expect("metrics text");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
     }
 
     /// Ends the process at once, as a crash would.
