@@ -50,6 +50,9 @@ pub mod names {
     pub const DELIVERY_LATENCY: &str = "switchboard_delivery_latency_seconds";
     /// Counter of live-feed gaps repaired from history.
     pub const GAP_REPAIRS: &str = "switchboard_gap_repairs_total";
+    /// Counter of events a core read from the JetStream room logs (history,
+    /// resume): the work reads do, independent of timing.
+    pub const STORE_EVENTS_READ: &str = "switchboard_store_events_read_total";
 }
 
 /// Log line format.
@@ -189,6 +192,7 @@ pub fn register_series() {
         names::PING_FAILURES,
         names::GAP_REPAIRS,
         names::NATS_RECONNECTS,
+        names::STORE_EVENTS_READ,
     ] {
         metrics::counter!(name).increment(0);
     }
