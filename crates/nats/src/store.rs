@@ -647,9 +647,9 @@ fn failure_reason(stage: Stage, err: &PublishError) -> (&'static str, bool) {
         (_, PublishErrorKind::MaxPayloadExceeded) => ("too_large", false),
         (_, PublishErrorKind::StreamNotFound) => ("no_stream", false),
         _ if text.contains("10054") => ("too_large", false),
-        // 10047: the server's or account's store is full; 10028: the
-        // stream's own bound with discard-new (not our configuration).
-        _ if text.contains("10047") || text.contains("10028") || text.contains("insufficient") => {
+        // 10023 "insufficient resources" and 10047: the server's or
+        // account's store is full (seen when a flood filled max_file_store).
+        _ if text.contains("10023") || text.contains("10047") || text.contains("insufficient") => {
             ("storage_full", false)
         }
         _ => ("refused", false),
@@ -721,7 +721,7 @@ mod tests {
     fn refusals_are_classified() {
         let full = PublishError::with_source(
             PublishErrorKind::Other,
-            "insufficient resources (code 503, error code 10047)",
+            "insufficient resources (code 503, error code 10023)",
         );
         assert_eq!(
             super::failure_reason(Stage::Ack, &full),
