@@ -49,12 +49,64 @@ pub struct Nats {
     store: PathBuf,
     routes: Vec<u16>,
     name: String,
+    /// Port of the monitoring endpoints (`/jsz`), if served.
+    pub monitor_port: Option<u16>,
+    max_file_store: Option<String>,
     child: Option<Child>,
+}
+
+/// Settings of a single test server beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct NatsOptions {
+    /// Serve the monitoring endpoints on a free port.
+    pub monitor: bool,
+    /// JetStream `max_file_store`, e.g. `"4MB"` (nats-server's units).
+    pub max_file_store: Option<String>,
 }
 
 impl Nats {
     pub fn start(store: &Path) -> Self {
         Self::start_node("n0", store, free_port(), free_port(), Vec::new())
+    }
+
+    /// One node with `options`.
+    pub fn start_with(store: &Path, options: NatsOptions) -> Self {
+        let mut nats = Self {
+            port: free_port(),
+            cluster_port: free_port(),
+            store: store.to_path_buf(),
+            routes: Vec::new(),
+            name: "n0".to_owned(),
+            monitor_port: options.monitor.then(free_port),
+            max_file_store: options.max_file_store,
+            child: None,
+        };
+        nats.run();
+        nats
+    }
+
+    /// `http://127.0.0.1:<monitor port><path>`; panics without monitoring.
+    pub fn monitor_url(&self, path: &str) -> String {
+        let port = self.monitor_port.expect("started with monitoring");
+        format!("http://127.0.0.1:{port}{path}")
+    }
+
+    /// Consumers of `stream` (e.g. `SB_ROOMS`), from `/jsz`.
+    pub async fn consumer_count(&self, stream: &str) -> u64 {
+        let url = self.monitor_url("/jsz?accounts=true&streams=true");
+        let response = tokio::time::timeout(WAIT, reqwest::get(url))
+            .await
+            .expect("/jsz answers in time")
+            .expect("/jsz reachable");
+        let jsz: serde_json::Value = response.json().await.expect("/jsz JSON");
+        jsz["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten())
+            .find(|detail| detail["name"] == stream)
+            .and_then(|detail| detail["state"]["consumer_count"].as_u64())
+            .unwrap_or_else(|| panic!("/jsz lists no stream {stream}"))
     }
 
     fn start_node(
@@ -70,6 +122,8 @@ impl Nats {
             store: store.to_path_buf(),
             routes,
             name: name.to_owned(),
+            monitor_port: None,
+            max_file_store: None,
             child: None,
         };
         nats.run();
@@ -86,6 +140,16 @@ impl Nats {
             .arg(&self.store)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if let Some(port) = self.monitor_port {
+            command.args(["-m", &port.to_string()]);
+        }
+        if let Some(max) = &self.max_file_store {
+            // Not a command-line flag: a config file holds it.
+            let config = self.store.join("limits.conf");
+            std::fs::write(&config, format!("jetstream {{ max_file_store: {max} }}\n"))
+                .expect("config written");
+            command.arg("-c").arg(config);
+        }
         if !self.routes.is_empty() {
             let routes: Vec<String> = self
                 .routes
