@@ -92,7 +92,16 @@ impl RoomLogs {
         };
         js.create_or_update_stream(stream_config)
             .await
-            .map_err(|err| NatsError::Setup(format!("stream {}: {err}", subjects.stream())))?;
+            .map_err(|err| {
+                // "Insufficient storage resources" here usually means a
+                // bound above the server's max_file_store/max_memory_store.
+                NatsError::Setup(format!(
+                    "stream {} with max_bytes {} (must fit the server's JetStream store \
+                     limit): {err}",
+                    subjects.stream(),
+                    nats.max_bytes
+                ))
+            })?;
         let mut stream = js
             .get_stream(subjects.stream())
             .await
