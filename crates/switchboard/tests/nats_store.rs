@@ -569,3 +569,36 @@ async fn old_cursor_resume_replays_exactly_once_or_says_not_recovered() {
     assert_eq!(subscribed["recovered"], false, "{subscribed}");
     assert!(read <= 2, "an unrecoverable resume read {read} events");
 }
+
+/// A publish whose answer timed out may have been stored: the client is
+/// told to retry with the same id, and that retry stores nothing twice.
+/// The server is frozen while the publish is in flight, so the gateway's
+/// request times out with the publish still queued; thawed, it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_publish_asks_for_a_retry_with_the_same_id() {
+    let dir = TempDir::new("frozen");
+    let nats = Nats::start(&dir.0);
+    let core = Service::start("core", &nats.url(), &[]);
+    let gateway = Service::start("ws-gateway", &nats.url(), &["--nats-request-timeout", "1s"]);
+    core.wait_ready(true).await;
+    gateway.wait_ready(true).await;
+    let client = reqwest::Client::new();
+    publish_ok(&client, &gateway, "frozen", "before").await;
+
+    nats.freeze(true);
+    let (status, body) = post(&client, &gateway, "frozen", "u", "maybe", Some("m-1")).await;
+    nats.freeze(false);
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("retry with the same id"), "{message}");
+
+    let (status, body) = post(&client, &gateway, "frozen", "u", "maybe", Some("m-1")).await;
+    assert_eq!(status, 201, "{body}");
+    let stored: Vec<_> = history(&client, &gateway, "frozen", "limit=100")
+        .await
+        .into_iter()
+        .filter(|e| e["id"] == "m-1")
+        .collect();
+    assert_eq!(stored.len(), 1, "stored once: {stored:?}");
+    assert_eq!(stored[0]["cursor"], body["cursor"]);
+}
