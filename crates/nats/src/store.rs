@@ -749,6 +749,23 @@ mod tests {
             super::failure_reason(Stage::Ack, &timeout),
             ("timeout", true)
         );
+        // Every reason is one the telemetry registers at zero.
+        let kinds = [
+            PublishErrorKind::TimedOut,
+            PublishErrorKind::BrokenPipe,
+            PublishErrorKind::MaxPayloadExceeded,
+            PublishErrorKind::StreamNotFound,
+            PublishErrorKind::Other,
+        ];
+        for stage in [Stage::Send, Stage::Ack] {
+            for kind in kinds {
+                let (reason, _) = super::failure_reason(stage, &PublishError::new(kind));
+                assert!(
+                    switchboard_telemetry::names::JETSTREAM_PUBLISH_ERROR_REASONS.contains(&reason),
+                    "{reason}"
+                );
+            }
+        }
         let err = super::publish_failed(&RoomName::parse("r").expect("room"), Stage::Ack, &full);
         assert!(err.to_string().contains("did not store"), "{err}");
     }
