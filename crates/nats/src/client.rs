@@ -153,15 +153,13 @@ impl NatsBus {
                 use async_nats::client::RequestErrorKind;
                 let why = match err.kind() {
                     RequestErrorKind::NoResponders => "no core replica is running".to_owned(),
-                    RequestErrorKind::TimedOut => "the core did not answer in time".to_owned(),
+                    RequestErrorKind::TimedOut => NO_ANSWER.to_owned(),
                     _ => err.to_string(),
                 };
                 return Err(BusError::Unavailable(why));
             }
             Err(_) => {
-                return Err(BusError::Unavailable(
-                    "the core did not answer in time".into(),
-                ));
+                return Err(BusError::Unavailable(NO_ANSWER.into()));
             }
         };
         wire::decode_reply(&reply.payload)
@@ -260,6 +258,20 @@ fn decode_live(message: &Message) -> Option<Arc<SharedEvent>> {
     }
 }
 
+/// A request that timed out: the core may still have done it.
+const NO_ANSWER: &str = "the core did not answer in time";
+
+/// A publish the core did not answer may have been stored: say so, and
+/// that a retry with the same id is safe (dedup), instead of implying loss.
+fn publish_outcome_unknown(err: BusError) -> BusError {
+    match err {
+        BusError::Unavailable(why) if why == NO_ANSWER => BusError::Unavailable(format!(
+            "{why}; the message may have been stored: retry with the same id"
+        )),
+        other => other,
+    }
+}
+
 #[async_trait]
 impl Bus for NatsBus {
     async fn publish(&self, req: PublishRequest) -> Result<PublishAck, BusError> {
@@ -274,7 +286,8 @@ impl Bus for NatsBus {
                 self.subjects.request(Op::Publish, &req.room),
                 payload.encode_to_vec(),
             )
-            .await?
+            .await
+            .map_err(publish_outcome_unknown)?
         {
             Reply::Publish(ack) => Ok(PublishAck {
                 cursor: ack.cursor.parse().map_err(|_| unexpected())?,
@@ -431,6 +444,17 @@ impl LiveState {
 
 #[cfg(test)]
 mod tests {
+    use switchboard_bus::BusError;
+
+    /// A publish timed out at the gateway may have been stored.
+    #[test]
+    fn unanswered_publish_asks_for_a_retry_with_the_same_id() {
+        let err = super::publish_outcome_unknown(BusError::Unavailable(super::NO_ANSWER.into()));
+        assert!(err.to_string().contains("retry with the same id"), "{err}");
+        let other = super::publish_outcome_unknown(BusError::Unavailable("no core".into()));
+        assert_eq!(other.to_string(), "core unavailable: no core");
+    }
+
     #[test]
     fn url_lists() {
         let addrs = super::server_addrs("nats://127.0.0.1:1, nats://127.0.0.1:2").expect("valid");

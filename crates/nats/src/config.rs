@@ -34,9 +34,24 @@ pub struct NatsConfig {
     pub storage: StorageKind,
     /// JetStream replicas of the stream and bucket (core only; 3 in a cluster).
     pub replicas: usize,
+    /// Bound of the room-log stream in bytes (core only). With discard-old,
+    /// a flood drops the oldest events instead of filling the server's
+    /// store; keep it below the server's `max_file_store`.
+    pub max_bytes: u64,
+    /// Largest stored event, headers included (core only): the frame limit
+    /// plus [`STORED_OVERHEAD_BYTES`].
+    pub max_message_bytes: usize,
     /// Client name shown by the server's monitoring.
     pub name: String,
 }
+
+/// Default [`NatsConfig::max_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+
+/// Room for what a stored event carries beyond the client's frame: user,
+/// timestamps, predecessor, and the headers (epoch, msg-id, expected
+/// sequence, trace context).
+pub const STORED_OVERHEAD_BYTES: usize = 4096;
 
 impl NatsConfig {
     pub fn new(url: &str, prefix: &str, name: &str) -> Result<Self, NatsError> {
@@ -47,6 +62,8 @@ impl NatsConfig {
             presence_ttl: Duration::from_secs(30),
             storage: StorageKind::File,
             replicas: 1,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_message_bytes: 65_536 + STORED_OVERHEAD_BYTES,
             name: name.to_owned(),
         })
     }

@@ -27,7 +27,7 @@ mod subjects;
 mod wire;
 
 pub use client::NatsBus;
-pub use config::{NatsConfig, StorageKind};
+pub use config::{DEFAULT_MAX_BYTES, NatsConfig, STORED_OVERHEAD_BYTES, StorageKind};
 pub use error::NatsError;
 pub use service::CoreService;
 pub use subjects::Subjects;

@@ -92,7 +92,9 @@ async fn set_up(
 ) -> Option<Arc<Inner>> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let js = async_nats::jetstream::new(client.clone());
+        let js = async_nats::jetstream::ContextBuilder::new()
+            .timeout(jetstream_timeout(nats.request_timeout))
+            .build(client.clone());
         let attempt = async {
             let logs = RoomLogs::open(js.clone(), nats, &config).await?;
             let presence = PresenceStore::open(&js, nats).await?;
@@ -116,6 +118,15 @@ async fn set_up(
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Bound of each JetStream call of the core (publish ack, direct get,
+/// consumer request): half the gateways' request timeout, so the core's own
+/// answer reaches the client before the gateway gives up — in particular
+/// "it may have been stored: retry with the same id" after an ack timeout,
+/// rather than a bare "did not answer in time".
+fn jetstream_timeout(request_timeout: Duration) -> Duration {
+    (request_timeout / 2).max(Duration::from_millis(250))
 }
 
 async fn serve(

@@ -2,10 +2,12 @@
 
 use crate::wire::{self, EPOCH_HEADER};
 use crate::{NatsConfig, NatsError, StorageKind, Subjects};
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::{self, DirectGetErrorKind, Republish, StorageType};
+use async_nats::jetstream::stream::{
+    self, DirectGetErrorKind, DiscardPolicy, Republish, StorageType,
+};
 use async_nats::jetstream::{self as js};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -22,9 +24,14 @@ use tracing::Instrument;
 /// are normal when several core replicas append to one busy room; each
 /// retry costs one round trip, and some replica wins every round.
 const APPEND_ATTEMPTS: usize = 64;
-/// Resumes reading fewer events than this use direct gets; longer ones an
-/// ordered consumer (cheaper in bulk, but a server-side object).
+/// Forward reads of fewer events than this use direct gets; longer ones a
+/// consumer (cheaper in bulk, but a server-side object).
 const DIRECT_READS: usize = 16;
+/// Messages asked for per fetch of a read consumer.
+const CONSUMER_BATCH: usize = 256;
+/// A read consumer is deleted when its read ends; should that delete be
+/// lost (disconnect, crash), the server removes it after this idle time.
+const CONSUMER_INACTIVE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Per-room state kept for at most this many rooms before it is reset.
 const MAX_CACHED_ROOMS: usize = 100_000;
 
@@ -33,6 +40,8 @@ pub(crate) struct RoomLogs {
     js: js::Context,
     subjects: Subjects,
     epoch: RwLock<Epoch>,
+    /// Most events a room holds: the bound of a resume read.
+    retention_count: usize,
     /// Last sequence per room subject as this core last saw it.
     last: Mutex<HashMap<RoomName, u64>>,
     /// Serialises this core's appends per room, so its own publishes do
@@ -45,7 +54,13 @@ fn unavailable(err: impl std::fmt::Display) -> BusError {
 }
 
 impl RoomLogs {
-    /// Creates or updates the stream to the configured retention.
+    /// Creates or updates the stream to the configured retention and bounds.
+    ///
+    /// `max_bytes` with discard-old keeps one flooding client from filling
+    /// the server's store (after which every write in every room would
+    /// fail): a flood discards the stream's oldest events instead.
+    /// `max_message_size` bounds each event, so one room holds at most
+    /// `retention_count × max_message_size` bytes.
     pub(crate) async fn open(
         js: js::Context,
         nats: &NatsConfig,
@@ -59,6 +74,9 @@ impl RoomLogs {
             max_messages_per_subject: i64::try_from(config.retention_count).unwrap_or(i64::MAX),
             max_age: config.retention_age,
             duplicate_window: config.dedup_window,
+            max_bytes: i64::try_from(nats.max_bytes).unwrap_or(i64::MAX),
+            max_message_size: i32::try_from(nats.max_message_bytes).unwrap_or(i32::MAX),
+            discard: DiscardPolicy::Old,
             storage: match nats.storage {
                 StorageKind::File => StorageType::File,
                 StorageKind::Memory => StorageType::Memory,
@@ -74,7 +92,16 @@ impl RoomLogs {
         };
         js.create_or_update_stream(stream_config)
             .await
-            .map_err(|err| NatsError::Setup(format!("stream {}: {err}", subjects.stream())))?;
+            .map_err(|err| {
+                // "Insufficient storage resources" here usually means a
+                // bound above the server's max_file_store/max_memory_store.
+                NatsError::Setup(format!(
+                    "stream {} with max_bytes {} (must fit the server's JetStream store \
+                     limit): {err}",
+                    subjects.stream(),
+                    nats.max_bytes
+                ))
+            })?;
         let mut stream = js
             .get_stream(subjects.stream())
             .await
@@ -88,6 +115,7 @@ impl RoomLogs {
             js,
             subjects,
             epoch: RwLock::new(epoch),
+            retention_count: config.retention_count,
             last: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
         })
@@ -234,7 +262,7 @@ impl RoomLogs {
                 .js
                 .send_publish(subject.clone(), message)
                 .await
-                .map_err(|err| publish_failed("send", err))?
+                .map_err(|err| publish_failed(room, Stage::Send, &err))?
                 .await;
             match ack {
                 Ok(ack) => {
@@ -244,89 +272,260 @@ impl RoomLogs {
                     return Ok((Cursor::new(epoch, ack.sequence), ack.duplicate));
                 }
                 Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
-                    // The server names the subject's current last sequence:
-                    // retry on top of it without another round trip.
+                    // Another core appended (with several cores a stale
+                    // cache is normal). The server names the subject's
+                    // current last sequence: retry on top of it without
+                    // another round trip. A refused publish registers no
+                    // msg-id, so with a fresh expectation JetStream's own
+                    // dedup decides whether this is a duplicate, and it
+                    // honours the window: a message with our id stored
+                    // after `expected` but longer ago than the window is
+                    // not a duplicate (taking it for one lost acked
+                    // messages).
                     match current_last_sequence(&err.to_string()) {
                         Some(last) => self.remember_last(room, last),
                         None => self.forget_last(room),
                     }
-                    // On a single-replica stream a retried duplicate is
-                    // refused for its stale expectation before dedup runs:
-                    // if the message after `expected` is ours, it was stored.
-                    if let Some(id) = &msg_id
-                        && let Some(sequence) = self.stored_after(room, expected, id).await
-                    {
-                        return Ok((Cursor::new(epoch, sequence), true));
-                    }
                 }
-                Err(err) => return Err(publish_failed("ack", err)),
+                Err(err) => return Err(publish_failed(room, Stage::Ack, &err)),
             }
         }
+        metrics::counter!(names::JETSTREAM_PUBLISH_ERRORS, "reason" => "contended").increment(1);
+        tracing::warn!(%room, attempts = APPEND_ATTEMPTS, "room too contended: append given up");
         Err(BusError::Unavailable(format!(
-            "room {room} is too contended; retry"
+            "room {room} is too contended; retry with the same id"
         )))
     }
 
-    async fn stored_after(&self, room: &RoomName, after: u64, msg_id: &str) -> Option<u64> {
-        let message = self
-            .stream
-            .direct_get_next_for_subject(self.subjects.log(room), Some(after + 1))
-            .await
-            .ok()?;
-        let id = message.headers.get(async_nats::header::NATS_MESSAGE_ID)?;
-        (id.as_str() == msg_id).then_some(message.sequence)
+    /// The room's event at `sequence`, if it is still stored and belongs
+    /// to this room: sequences are stream-wide, so a forged cursor could
+    /// otherwise read another room.
+    async fn event_at(
+        &self,
+        subject: &str,
+        sequence: u64,
+    ) -> Result<Option<Arc<SharedEvent>>, BusError> {
+        match self.stream.direct_get(sequence).await {
+            Ok(message) if message.subject.as_str() == subject => self
+                .decode_read(&message.payload, message.sequence)
+                .map(Some),
+            Ok(_) => Ok(None),
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(err) => Err(unavailable(err)),
+        }
     }
 
-    /// Events after `after`, oldest first, up to the current end.
-    pub(crate) async fn read_after(
+    /// The room's first event at or after `from`.
+    async fn event_from(
+        &self,
+        subject: &str,
+        from: u64,
+    ) -> Result<Option<Arc<SharedEvent>>, BusError> {
+        match self
+            .stream
+            .direct_get_next_for_subject(subject, Some(from))
+            .await
+        {
+            Ok(message) => self
+                .decode_read(&message.payload, message.sequence)
+                .map(Some),
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
+    /// The room's newest event.
+    async fn last_event(&self, subject: &str) -> Result<Option<Arc<SharedEvent>>, BusError> {
+        match self.stream.direct_get_last_for_subject(subject).await {
+            Ok(message) => self
+                .decode_read(&message.payload, message.sequence)
+                .map(Some),
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
+    /// Decodes one event read from the stream and counts it, so the work a
+    /// read does is observable (`switchboard_store_events_read_total`).
+    fn decode_read(&self, payload: &[u8], sequence: u64) -> Result<Arc<SharedEvent>, BusError> {
+        metrics::counter!(names::STORE_EVENTS_READ).increment(1);
+        decode(payload, &self.epoch(), sequence)
+    }
+
+    /// Up to `limit` events after `after` and before `before`, oldest
+    /// first. Reads only the events it returns (plus the one that shows
+    /// the end): short reads by direct get, long ones with a consumer that
+    /// is bounded by the limit and deleted afterwards.
+    async fn read_forward(
         &self,
         room: &RoomName,
         after: u64,
+        before: Option<u64>,
+        limit: usize,
     ) -> Result<Vec<Arc<SharedEvent>>, BusError> {
         let subject = self.subjects.log(room);
-        let epoch = self.epoch();
+        let mut next = after
+            .checked_add(1)
+            .ok_or_else(|| bad_cursor(room, after))?;
+        let in_range = |offset: u64| before.is_none_or(|b| offset < b);
         let mut events = Vec::new();
-        let mut next = after + 1;
         // Short reads (the usual resume after a blip) by direct get.
-        for _ in 0..DIRECT_READS {
-            match self
-                .stream
-                .direct_get_next_for_subject(subject.clone(), Some(next))
-                .await
-            {
-                Ok(message) => {
-                    next = message.sequence + 1;
-                    events.push(decode(&message.payload, &epoch, message.sequence)?);
+        while events.len() < limit.min(DIRECT_READS) {
+            match self.event_from(&subject, next).await? {
+                Some(event) if in_range(event.offset()) => {
+                    next = event.offset().saturating_add(1);
+                    events.push(event);
                 }
-                Err(err) if err.kind() == DirectGetErrorKind::NotFound => return Ok(events),
-                Err(err) => return Err(unavailable(err)),
+                _ => return Ok(events),
             }
         }
-        // Long ones with an ordered consumer.
-        let consumer = self
+        if events.len() >= limit {
+            return Ok(events);
+        }
+        // Long ones with a consumer: cheaper in bulk, but a server object,
+        // so it lives only for this call.
+        let mut consumer = self
             .stream
-            .create_consumer(pull::OrderedConfig {
+            .create_consumer(pull::Config {
                 filter_subject: subject,
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: next,
                 },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: CONSUMER_INACTIVE,
+                memory_storage: true,
+                num_replicas: 1,
                 ..Default::default()
             })
             .await
             .map_err(unavailable)?;
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(events);
+        let name = consumer.cached_info().name.clone();
+        let pending = consumer.cached_info().num_pending;
+        let read = if pending == 0 {
+            Ok(())
+        } else {
+            self.drain_consumer(&mut consumer, before, limit, &mut events)
+                .await
+        };
+        // Explicitly, not only by the inactivity threshold: hundreds of
+        // concurrent reads must not leave hundreds of consumers behind.
+        if let Err(err) = self.stream.delete_consumer(&name).await {
+            tracing::debug!(%err, consumer = %name, "read consumer not deleted; it expires");
         }
-        let mut messages = consumer.messages().await.map_err(unavailable)?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(unavailable)?;
-            let info = message.info().map_err(unavailable)?;
-            events.push(decode(&message.payload, &epoch, info.stream_sequence)?);
-            if info.pending == 0 {
-                break;
+        read.map(|()| events)
+    }
+
+    async fn drain_consumer(
+        &self,
+        consumer: &mut js::consumer::Consumer<pull::Config>,
+        before: Option<u64>,
+        limit: usize,
+        events: &mut Vec<Arc<SharedEvent>>,
+    ) -> Result<(), BusError> {
+        while events.len() < limit {
+            let want = (limit - events.len()).min(CONSUMER_BATCH);
+            let mut batch = consumer
+                .fetch()
+                .max_messages(want)
+                .messages()
+                .await
+                .map_err(unavailable)?;
+            let mut got = 0;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(unavailable)?;
+                let info = message.info().map_err(unavailable)?;
+                let sequence = info.stream_sequence;
+                let pending = info.pending;
+                if before.is_some_and(|b| sequence >= b) {
+                    return Ok(());
+                }
+                events.push(self.decode_read(&message.payload, sequence)?);
+                got += 1;
+                if pending == 0 || events.len() >= limit {
+                    return Ok(());
+                }
+            }
+            if got == 0 {
+                return Ok(());
             }
         }
+        Ok(())
+    }
+
+    /// Up to `limit` newest events before `before`, oldest first. Walks
+    /// backwards along `prev_offset` (exact, thanks to the expected-sequence
+    /// append) with direct gets, so it reads only what it returns however
+    /// long the room is.
+    async fn read_backward(
+        &self,
+        room: &RoomName,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Arc<SharedEvent>>, BusError> {
+        let subject = self.subjects.log(room);
+        let mut current = match before {
+            None => self.last_event(&subject).await?,
+            Some(before) => self.newest_before(&subject, before).await?,
+        };
+        let mut events = Vec::new();
+        while let Some(event) = current {
+            let prev = event.event().prev_offset;
+            let offset = event.offset();
+            events.push(event);
+            // `prev < offset` always holds for what we stored; checking it
+            // keeps a corrupt record from looping.
+            if events.len() >= limit || prev == 0 || prev >= offset {
+                break;
+            }
+            // Not found: retention dropped it, and with it everything older
+            // (every retention rule drops a room's oldest events first).
+            current = self.event_at(&subject, prev).await?;
+        }
+        events.reverse();
         Ok(events)
+    }
+
+    /// The room's newest event before `before`.
+    async fn newest_before(
+        &self,
+        subject: &str,
+        before: u64,
+    ) -> Result<Option<Arc<SharedEvent>>, BusError> {
+        let Some(last) = self.last_event(subject).await? else {
+            return Ok(None);
+        };
+        if last.offset() < before {
+            return Ok(Some(last));
+        }
+        // The usual case: `before` is one of this room's events.
+        if let Some(at) = self.event_at(subject, before).await? {
+            let prev = at.event().prev_offset;
+            if prev == 0 || prev >= before {
+                return Ok(None);
+            }
+            return self.event_at(subject, prev).await;
+        }
+        // `before` is not (or no longer) this room's: if the room's oldest
+        // retained event is not before it, nothing is.
+        match self.event_from(subject, 0).await? {
+            Some(first) if first.offset() < before => {}
+            _ => return Ok(None),
+        }
+        // A cursor of another room, or of a dropped message between two of
+        // ours: walk back from the end. Bounded by the retention count;
+        // clients only get here with cursors they did not get from this room.
+        let mut current = Some(last);
+        while let Some(event) = current {
+            if event.offset() < before {
+                return Ok(Some(event));
+            }
+            let prev = event.event().prev_offset;
+            if prev == 0 || prev >= event.offset() {
+                return Ok(None);
+            }
+            current = self.event_at(subject, prev).await?;
+        }
+        Ok(None)
     }
 
     pub(crate) async fn resume(
@@ -359,20 +558,31 @@ impl RoomLogs {
                 recovered: true,
             });
         }
-        let events = self.read_after(room, since.offset()).await?;
         // Each stored event names its predecessor: if the oldest one we
-        // still have does not follow `since`, retention dropped some.
-        match events.first() {
-            Some(first) if first.event().prev_offset == since.offset() => {
-                let head = events.last().map_or(head, |e| e.event().cursor.clone());
-                Ok(Resume {
-                    events,
-                    head,
-                    recovered: true,
-                })
-            }
-            _ => Ok(unrecovered(head)),
-        }
+        // still have after `since` does not follow it, retention dropped
+        // some. Look at that one event before reading the rest.
+        let subject = self.subjects.log(room);
+        let from = since
+            .offset()
+            .checked_add(1)
+            .ok_or_else(|| bad_cursor(room, since.offset()))?;
+        let first = match self.event_from(&subject, from).await? {
+            Some(first) if first.event().prev_offset == since.offset() => first,
+            _ => return Ok(unrecovered(head)),
+        };
+        // A room holds at most `retention_count` events, so this is bounded.
+        let rest = self
+            .read_forward(room, first.offset(), None, self.retention_count)
+            .await?;
+        let mut events = Vec::with_capacity(rest.len() + 1);
+        events.push(first);
+        events.extend(rest);
+        let head = events.last().map_or(head, |e| e.event().cursor.clone());
+        Ok(Resume {
+            events,
+            head,
+            recovered: true,
+        })
     }
 
     pub(crate) async fn history(
@@ -398,19 +608,17 @@ impl RoomLogs {
             .limit
             .unwrap_or(switchboard_core::DEFAULT_HISTORY_LIMIT)
             .clamp(1, switchboard_core::MAX_HISTORY_LIMIT);
-        // A room holds at most `retention_count` events, so reading the
-        // whole subject is bounded.
-        let mut events = self.read_after(room, after.unwrap_or(0)).await?;
-        if let Some(before) = before {
-            events.retain(|e| e.offset() < before);
+        match after {
+            Some(after) => self.read_forward(room, after, before, limit).await,
+            None => self.read_backward(room, before, limit).await,
         }
-        if after.is_some() {
-            events.truncate(limit);
-        } else if events.len() > limit {
-            events.drain(..events.len() - limit);
-        }
-        Ok(events)
     }
+}
+
+fn bad_cursor(room: &RoomName, offset: u64) -> BusError {
+    BusError::Rejected(CoreError::Protocol(ProtocolError::BadCursor(format!(
+        "offset {offset} is past any event of room {room}"
+    ))))
 }
 
 fn decode(payload: &[u8], epoch: &Epoch, sequence: u64) -> Result<Arc<SharedEvent>, BusError> {
@@ -426,9 +634,53 @@ fn current_last_sequence(message: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn publish_failed(stage: &'static str, err: impl std::fmt::Display) -> BusError {
-    metrics::counter!(names::JETSTREAM_PUBLISH_ERRORS, "reason" => stage).increment(1);
-    BusError::Unavailable(format!("JetStream did not store the message: {err}"))
+/// Where a JetStream write failed.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// Handing the message to the connection.
+    Send,
+    /// Waiting for, or reading, JetStream's acknowledgement.
+    Ack,
+}
+
+/// Why JetStream refused or did not confirm a write: the metric's
+/// `reason` label, and whether the message may have been stored anyway.
+fn failure_reason(stage: Stage, err: &PublishError) -> (&'static str, bool) {
+    let text = err.to_string();
+    match (stage, err.kind()) {
+        (Stage::Send, _) => ("send", false),
+        // No ack in time, or the connection dropped while waiting: the
+        // server may well have stored it (seen after reconnects).
+        (_, PublishErrorKind::TimedOut) => ("timeout", true),
+        (_, PublishErrorKind::BrokenPipe) => ("disconnected", true),
+        (_, PublishErrorKind::MaxPayloadExceeded) => ("too_large", false),
+        (_, PublishErrorKind::StreamNotFound) => ("no_stream", false),
+        _ if text.contains("10054") => ("too_large", false),
+        // 10023 "insufficient resources" and 10047: the server's or
+        // account's store is full (seen when a flood filled max_file_store).
+        _ if text.contains("10023") || text.contains("10047") || text.contains("insufficient") => {
+            ("storage_full", false)
+        }
+        _ => ("refused", false),
+    }
+}
+
+/// Counts and logs a failed write and turns it into the client's answer.
+/// Always `unavailable`: the message was not (knowingly) stored. When it may
+/// have been, the answer says so and asks for a retry with the same id,
+/// which dedup makes safe.
+fn publish_failed(room: &RoomName, stage: Stage, err: &PublishError) -> BusError {
+    let (reason, maybe_stored) = failure_reason(stage, err);
+    metrics::counter!(names::JETSTREAM_PUBLISH_ERRORS, "reason" => reason).increment(1);
+    tracing::warn!(%room, reason, %err, "JetStream refused or did not confirm a write");
+    if maybe_stored {
+        BusError::Unavailable(format!(
+            "JetStream did not confirm the write ({err}); it may have been stored: \
+             retry with the same id"
+        ))
+    } else {
+        BusError::Unavailable(format!("JetStream did not store the message: {err}"))
+    }
 }
 
 /// The stream's creation time, base-36: stable across restarts and
@@ -451,10 +703,70 @@ async fn epoch_of(stream: &mut stream::Stream) -> Result<Epoch, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::{BusError, PublishError, PublishErrorKind, RoomName, Stage};
     #[test]
     fn reads_the_current_sequence_from_a_conflict() {
         let message = "wrong last sequence: wrong last sequence: 8 (code 400, error code 10071)";
         assert_eq!(super::current_last_sequence(message), Some(8));
         assert_eq!(super::current_last_sequence("something else"), None);
+    }
+
+    /// An ack timeout may hide a stored message: the answer must not say
+    /// "did not store", and must ask for a retry with the same id.
+    #[test]
+    fn ack_timeout_is_unavailable_and_asks_for_a_retry_with_the_same_id() {
+        let room = RoomName::parse("r").expect("room");
+        for kind in [PublishErrorKind::TimedOut, PublishErrorKind::BrokenPipe] {
+            let err = super::publish_failed(&room, Stage::Ack, &PublishError::new(kind));
+            let BusError::Unavailable(message) = &err else {
+                panic!("{err:?} is not unavailable");
+            };
+            assert!(message.contains("retry with the same id"), "{message}");
+            assert!(!message.contains("did not store"), "{message}");
+        }
+    }
+
+    #[test]
+    fn refusals_are_classified() {
+        let full = PublishError::with_source(
+            PublishErrorKind::Other,
+            "insufficient resources (code 503, error code 10023)",
+        );
+        assert_eq!(
+            super::failure_reason(Stage::Ack, &full),
+            ("storage_full", false)
+        );
+        let large = PublishError::with_source(
+            PublishErrorKind::Other,
+            "message size exceeds maximum allowed (code 400, error code 10054)",
+        );
+        assert_eq!(
+            super::failure_reason(Stage::Ack, &large),
+            ("too_large", false)
+        );
+        let timeout = PublishError::new(PublishErrorKind::TimedOut);
+        assert_eq!(
+            super::failure_reason(Stage::Ack, &timeout),
+            ("timeout", true)
+        );
+        // Every reason is one the telemetry registers at zero.
+        let kinds = [
+            PublishErrorKind::TimedOut,
+            PublishErrorKind::BrokenPipe,
+            PublishErrorKind::MaxPayloadExceeded,
+            PublishErrorKind::StreamNotFound,
+            PublishErrorKind::Other,
+        ];
+        for stage in [Stage::Send, Stage::Ack] {
+            for kind in kinds {
+                let (reason, _) = super::failure_reason(stage, &PublishError::new(kind));
+                assert!(
+                    switchboard_telemetry::names::JETSTREAM_PUBLISH_ERROR_REASONS.contains(&reason),
+                    "{reason}"
+                );
+            }
+        }
+        let err = super::publish_failed(&RoomName::parse("r").expect("room"), Stage::Ack, &full);
+        assert!(err.to_string().contains("did not store"), "{err}");
     }
 }

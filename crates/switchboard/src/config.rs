@@ -36,30 +36,32 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"))
 }
 
-/// Parses `65536`, `64KB`, `64KiB`, `1MB`, `1GiB` (K/M/G are powers of
-/// 1024 either way: limits, not marketing).
-pub fn parse_bytes(text: &str) -> Result<usize, String> {
+/// Parses a byte size: `1048576`, `64MB`, `64MiB`, `1GiB`, `512k`. Units
+/// are powers of 1024 whether written KB or KiB, as nats-server reads its
+/// `max_file_store`, so the same text means the same size in both places.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: usize = number
+    let value: u64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a size like 65536, 64KiB, 1GiB"))?;
-    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        .map_err(|_| format!("{text:?} is not a size like 1048576, 64MB or 1GiB"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        other => {
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => {
             return Err(format!(
-                "unknown unit {other:?} in {text:?} (KiB, MiB, GiB)"
+                "unknown unit {unit:?} in {text:?} (B, KB, MB, GB, TB or KiB, MiB, GiB, TiB)"
             ));
         }
     };
     value
-        .checked_mul(scale)
+        .checked_mul(multiplier)
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
@@ -236,7 +238,7 @@ pub struct RetentionArgs {
     pub memory_max_rooms: usize,
     /// Estimated bytes of rooms and events the in-memory bus holds at most.
     #[arg(long, env = "SWITCHBOARD_MEMORY_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
-    pub memory_max_bytes: usize,
+    pub memory_max_bytes: u64,
 }
 
 impl RetentionArgs {
@@ -257,7 +259,7 @@ impl RetentionArgs {
             dedup_window: self.dedup_window,
             max_text_bytes,
             max_rooms: self.memory_max_rooms,
-            max_bytes: self.memory_max_bytes,
+            max_bytes: usize::try_from(self.memory_max_bytes).unwrap_or(usize::MAX),
             ..CoreConfig::default()
         })
     }
@@ -285,11 +287,21 @@ pub struct NatsArgs {
     /// JetStream replicas of the stream and bucket: 3 in a cluster (core).
     #[arg(long, env = "SWITCHBOARD_JETSTREAM_REPLICAS", default_value_t = 1)]
     pub jetstream_replicas: usize,
+    /// Bound of the room-log stream (core): when full, the oldest events
+    /// are discarded, so one flooding client cannot make every publish
+    /// fail. Keep it below the NATS server's `max_file_store`.
+    #[arg(long, env = "SWITCHBOARD_JETSTREAM_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub jetstream_max_bytes: u64,
 }
 
 impl NatsArgs {
-    /// The NATS settings, if a URL was given.
-    pub fn config(&self, role: &str) -> Result<Option<switchboard_nats::NatsConfig>, StartError> {
+    /// The NATS settings, if a URL was given. `max_frame_bytes` bounds each
+    /// stored event (see [`switchboard_nats::STORED_OVERHEAD_BYTES`]).
+    pub fn config(
+        &self,
+        role: &str,
+        max_frame_bytes: usize,
+    ) -> Result<Option<switchboard_nats::NatsConfig>, StartError> {
         let Some(url) = &self.nats_url else {
             return Ok(None);
         };
@@ -312,7 +324,17 @@ impl NatsArgs {
         config.request_timeout = self.nats_request_timeout;
         config.presence_ttl = self.presence_ttl;
         config.storage = self.jetstream_storage;
+        // Below this the stream could not hold a single largest event.
+        let max_message_bytes =
+            max_frame_bytes.saturating_add(switchboard_nats::STORED_OVERHEAD_BYTES);
+        if self.jetstream_max_bytes < max_message_bytes as u64 {
+            return Err(StartError::Config(format!(
+                "--jetstream-max-bytes must be at least {max_message_bytes} (one largest event)"
+            )));
+        }
         config.replicas = self.jetstream_replicas;
+        config.max_bytes = self.jetstream_max_bytes;
+        config.max_message_bytes = max_message_bytes;
         Ok(Some(config))
     }
 }
@@ -360,12 +382,15 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_bytes("65536"), Ok(65536));
-        assert_eq!(parse_bytes("64KiB"), Ok(65536));
-        assert_eq!(parse_bytes("1MB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("1048576"), Ok(1_048_576));
+        assert_eq!(parse_bytes("64MB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
         assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
-        assert!(parse_bytes("1 parsec").is_err());
+        assert_eq!(parse_bytes("512k"), Ok(512 << 10));
+        assert_eq!(parse_bytes("2 GB"), Ok(2 << 30));
+        assert!(parse_bytes("1.5GB").is_err());
+        assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("").is_err());
-        assert!(parse_bytes("99999999999999999999G").is_err());
+        assert!(parse_bytes("99999999999TB").is_err());
     }
 }

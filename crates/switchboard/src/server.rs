@@ -79,7 +79,7 @@ pub async fn start(role: Role, args: &ServeArgs) -> Result<Server, StartError> {
     let limits = args.limits.limits()?;
     let core_config = args.retention.core_config(limits.max_text_bytes)?;
     let auth = args.auth.authenticator()?;
-    let nats = args.nats.config(role.name())?;
+    let nats = args.nats.config(role.name(), limits.max_frame_bytes)?;
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 

@@ -6,7 +6,7 @@
 mod common;
 
 use common::WAIT;
-use common::procs::{Nats, Service, TempDir};
+use common::procs::{Nats, NatsOptions, Service, TempDir};
 use serde_json::{Value, json};
 use std::future::Future;
 use std::time::Duration;
@@ -203,7 +203,13 @@ async fn cancelled_grpc_streams_end_their_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborted_subscribes_leave_no_watch_behind() {
     let dir = TempDir::new("aborted");
-    let nats = Nats::start(&dir.0);
+    let nats = Nats::start_with(
+        &dir.0,
+        NatsOptions {
+            monitor: true,
+            ..NatsOptions::default()
+        },
+    );
     let server = Service::start("standalone", &nats.url(), &[]);
     server.wait_ready(true).await;
     let baseline = nats.subscriptions().await;

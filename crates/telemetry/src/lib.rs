@@ -45,6 +45,18 @@ pub mod names {
     pub const NATS_RECONNECTS: &str = "switchboard_nats_reconnects_total";
     /// Counter of JetStream publishes that failed, label `reason`.
     pub const JETSTREAM_PUBLISH_ERRORS: &str = "switchboard_jetstream_publish_errors_total";
+    /// Every `reason` of [`JETSTREAM_PUBLISH_ERRORS`]: `timeout` and
+    /// `disconnected` may have stored the message; the others did not.
+    pub const JETSTREAM_PUBLISH_ERROR_REASONS: [&str; 8] = [
+        "send",
+        "timeout",
+        "disconnected",
+        "storage_full",
+        "too_large",
+        "no_stream",
+        "refused",
+        "contended",
+    ];
     /// Histogram of append → write-to-socket time of events, seconds,
     /// label `transport`.
     pub const DELIVERY_LATENCY: &str = "switchboard_delivery_latency_seconds";
@@ -60,6 +72,9 @@ pub mod names {
     pub const WRITE_TIMEOUTS: &str = "switchboard_write_timeouts_total";
     /// Gauge of rooms this gateway process watches (one live feed each).
     pub const WATCHED_ROOMS: &str = "switchboard_watched_rooms";
+    /// Counter of events a core read from the JetStream room logs (history,
+    /// resume): the work reads do, independent of timing.
+    pub const STORE_EVENTS_READ: &str = "switchboard_store_events_read_total";
 }
 
 /// Log line format.
@@ -194,6 +209,9 @@ pub fn register_series() {
     for result in ["recovered", "lost"] {
         metrics::counter!(names::RESUMES, "result" => result).increment(0);
     }
+    for reason in names::JETSTREAM_PUBLISH_ERROR_REASONS {
+        metrics::counter!(names::JETSTREAM_PUBLISH_ERRORS, "reason" => reason).increment(0);
+    }
     for name in [
         names::SLOW_CONSUMER_DROPS,
         names::PING_FAILURES,
@@ -201,6 +219,7 @@ pub fn register_series() {
         names::NATS_RECONNECTS,
         names::ROOMS_EVICTED,
         names::WRITE_TIMEOUTS,
+        names::STORE_EVENTS_READ,
     ] {
         metrics::counter!(name).increment(0);
     }

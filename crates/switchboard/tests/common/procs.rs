@@ -46,17 +46,67 @@ fn wait_for_port(port: u16, what: &str) {
 pub struct Nats {
     pub port: u16,
     pub cluster_port: u16,
-    /// HTTP monitoring (`/varz`, `/subsz`, `/jsz`).
-    pub monitor_port: u16,
     store: PathBuf,
     routes: Vec<u16>,
     name: String,
+    /// Port of the monitoring endpoints (`/jsz`), if served.
+    pub monitor_port: Option<u16>,
+    max_file_store: Option<String>,
     child: Option<Child>,
+}
+
+/// Settings of a single test server beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct NatsOptions {
+    /// Serve the monitoring endpoints on a free port.
+    pub monitor: bool,
+    /// JetStream `max_file_store`, e.g. `"4MB"` (nats-server's units).
+    pub max_file_store: Option<String>,
 }
 
 impl Nats {
     pub fn start(store: &Path) -> Self {
         Self::start_node("n0", store, free_port(), free_port(), Vec::new())
+    }
+
+    /// One node with `options`.
+    pub fn start_with(store: &Path, options: NatsOptions) -> Self {
+        let mut nats = Self {
+            port: free_port(),
+            cluster_port: free_port(),
+            store: store.to_path_buf(),
+            routes: Vec::new(),
+            name: "n0".to_owned(),
+            monitor_port: options.monitor.then(free_port),
+            max_file_store: options.max_file_store,
+            child: None,
+        };
+        nats.run();
+        nats
+    }
+
+    /// `http://127.0.0.1:<monitor port><path>`; panics without monitoring.
+    pub fn monitor_url(&self, path: &str) -> String {
+        let port = self.monitor_port.expect("started with monitoring");
+        format!("http://127.0.0.1:{port}{path}")
+    }
+
+    /// Consumers of `stream` (e.g. `SB_ROOMS`), from `/jsz`.
+    pub async fn consumer_count(&self, stream: &str) -> u64 {
+        let url = self.monitor_url("/jsz?accounts=true&streams=true");
+        let response = tokio::time::timeout(WAIT, reqwest::get(url))
+            .await
+            .expect("/jsz answers in time")
+            .expect("/jsz reachable");
+        let jsz: serde_json::Value = response.json().await.expect("/jsz JSON");
+        jsz["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten())
+            .find(|detail| detail["name"] == stream)
+            .and_then(|detail| detail["state"]["consumer_count"].as_u64())
+            .unwrap_or_else(|| panic!("/jsz lists no stream {stream}"))
     }
 
     fn start_node(
@@ -69,10 +119,11 @@ impl Nats {
         let mut nats = Self {
             port,
             cluster_port,
-            monitor_port: free_port(),
             store: store.to_path_buf(),
             routes,
             name: name.to_owned(),
+            monitor_port: None,
+            max_file_store: None,
             child: None,
         };
         nats.run();
@@ -85,11 +136,20 @@ impl Nats {
         command
             .args(["-js", "-a", "127.0.0.1", "-n", &self.name])
             .args(["-p", &self.port.to_string()])
-            .args(["-m", &self.monitor_port.to_string()])
             .arg("-sd")
             .arg(&self.store)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if let Some(port) = self.monitor_port {
+            command.args(["-m", &port.to_string()]);
+        }
+        if let Some(max) = &self.max_file_store {
+            // Not a command-line flag: a config file holds it.
+            let config = self.store.join("limits.conf");
+            std::fs::write(&config, format!("jetstream {{ max_file_store: {max} }}\n"))
+                .expect("config written");
+            command.arg("-c").arg(config);
+        }
         if !self.routes.is_empty() {
             let routes: Vec<String> = self
                 .routes
@@ -114,7 +174,7 @@ impl Nats {
 
     /// One monitoring endpoint as JSON, e.g. `/subsz`.
     pub async fn monitor(&self, path: &str) -> serde_json::Value {
-        let url = format!("http://127.0.0.1:{}{path}", self.monitor_port);
+        let url = self.monitor_url(path);
         tokio::time::timeout(WAIT, async { reqwest::get(&url).await?.json().await })
             .await
             .expect("monitoring answers in time")
@@ -134,6 +194,18 @@ impl Nats {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server: connections
+    /// stay open, so clients see silence rather than a disconnect.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
     }
 
     /// Starts it again on the same port with the same storage.
