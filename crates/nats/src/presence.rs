@@ -28,8 +28,42 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_bus::BusError;
 use switchboard_protocol::RoomName;
 
-/// One member's connections in a room → last refresh (Unix ms).
-pub(crate) type Conns = BTreeMap<String, i64>;
+/// The value of a member key.
+///
+/// `gone` remembers connections that left explicitly (for one TTL), so a
+/// gateway refresh that was snapshotted before the leave but arrives
+/// after it cannot bring the connection back; only an explicit join does.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Member {
+    /// Connection → last refresh (Unix ms). Non-empty: the user is present.
+    #[serde(default)]
+    pub(crate) conns: BTreeMap<String, i64>,
+    /// Connection → when it left (Unix ms).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) gone: BTreeMap<String, i64>,
+}
+
+impl Member {
+    /// An explicit join: present now, whatever happened before.
+    pub(crate) fn join(&mut self, conn: &str, now: i64) {
+        self.gone.remove(conn);
+        self.conns.insert(conn.to_owned(), now);
+    }
+
+    /// An explicit leave: absent, and not revived by a late refresh.
+    pub(crate) fn leave(&mut self, conn: &str, now: i64) {
+        self.conns.remove(conn);
+        self.gone.insert(conn.to_owned(), now);
+    }
+
+    /// A gateway still holds the connection: refreshed, or added if the
+    /// core missed its join; ignored if it left meanwhile.
+    pub(crate) fn refresh(&mut self, conn: &str, now: i64) {
+        if !self.gone.contains_key(conn) {
+            self.conns.insert(conn.to_owned(), now);
+        }
+    }
+}
 
 /// Compare-and-set attempts before a presence change gives up. Only the
 /// same user's connections contend on a key, so conflicts are rare.
@@ -143,7 +177,7 @@ fn is_put(headers: Option<&async_nats::HeaderMap>) -> bool {
             .is_none()
 }
 
-fn decode_conns(value: &[u8]) -> Conns {
+fn decode_member(value: &[u8]) -> Member {
     // A value we cannot read vouches for nobody; the next write replaces it.
     serde_json::from_slice(value).unwrap_or_default()
 }
@@ -186,35 +220,53 @@ impl PresenceStore {
         now.saturating_sub(last_seen_ms) <= stale_after
     }
 
-    /// Applies `change` to one member's connections (then prunes stale
-    /// ones) with compare-and-set on the member key, and reports whether
-    /// the user joined or left. Costs two or three round trips whatever
-    /// the size of the room.
+    /// Leave records outlive any refresh that was on its way when the
+    /// connection left (refreshes are bounded by the request timeout,
+    /// well below the TTL).
+    fn remembers(&self, left_ms: i64, now: i64) -> bool {
+        let forget_after = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        now.saturating_sub(left_ms) <= forget_after
+    }
+
+    /// Applies `change` to one member (then prunes stale connections and
+    /// old leave records) with compare-and-set on the member key, and
+    /// reports whether the user joined or left. Costs two or three round
+    /// trips whatever the size of the room.
+    ///
+    /// A user counts as joined while the stored value has connections:
+    /// every write prunes, so a stored connection was fresh when written,
+    /// and the join event for it was announced. A user whose connections
+    /// all went stale therefore leaves with the next update (the sweep's).
     pub(crate) async fn update(
         &self,
         room: &RoomName,
         user: &str,
-        change: impl Fn(&mut Conns, i64),
+        change: impl Fn(&mut Member, i64),
     ) -> Result<Option<Transition>, BusError> {
         let key = member_key(room, user);
         for _ in 0..CAS_ATTEMPTS {
             let entry = self.kv.entry(key.as_str()).await.map_err(unavailable)?;
-            let (mut conns, revision) = match &entry {
+            let (stored, revision) = match &entry {
                 Some(e) if e.operation == Operation::Put => {
-                    (decode_conns(&e.value), Some(e.revision))
+                    (Some(decode_member(&e.value)), Some(e.revision))
                 }
-                Some(e) => (Conns::new(), Some(e.revision)),
-                None => (Conns::new(), None),
+                Some(e) => (None, Some(e.revision)),
+                None => (None, None),
             };
+            let was_present = stored.as_ref().is_some_and(|m| !m.conns.is_empty());
+            let mut member = stored.clone().unwrap_or_default();
             let now = now_ms();
-            let was_present = conns.values().any(|seen| self.is_fresh(*seen, now));
-            change(&mut conns, now);
-            conns.retain(|_, seen| self.is_fresh(*seen, now));
-            let present = !conns.is_empty();
-            let stored_put = matches!(&entry, Some(e) if e.operation == Operation::Put);
-            let written = match (present, revision) {
+            change(&mut member, now);
+            member.conns.retain(|_, seen| self.is_fresh(*seen, now));
+            member.gone.retain(|_, left| self.remembers(*left, now));
+            if stored.as_ref() == Some(&member) {
+                return Ok(None);
+            }
+            let present = !member.conns.is_empty();
+            let keep = present || !member.gone.is_empty();
+            let written = match (keep, revision) {
                 // Nothing stored and nothing to store.
-                (false, _) if !stored_put => return Ok(None),
+                (false, _) if stored.is_none() => return Ok(None),
                 (false, revision) => self
                     .kv
                     .delete_expect_revision(key.as_str(), revision)
@@ -222,7 +274,7 @@ impl PresenceStore {
                     .map(|_| ())
                     .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
                 (true, Some(revision)) => {
-                    let value = Bytes::from(serde_json::to_vec(&conns).unwrap_or_default());
+                    let value = Bytes::from(serde_json::to_vec(&member).unwrap_or_default());
                     self.kv
                         .update(key.as_str(), value, revision)
                         .await
@@ -230,7 +282,7 @@ impl PresenceStore {
                         .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision)
                 }
                 (true, None) => {
-                    let value = Bytes::from(serde_json::to_vec(&conns).unwrap_or_default());
+                    let value = Bytes::from(serde_json::to_vec(&member).unwrap_or_default());
                     self.kv
                         .create(key.as_str(), value)
                         .await
@@ -261,7 +313,8 @@ impl PresenceStore {
         let mut users = BTreeSet::new();
         self.scan(&format!("{room}.*"), |key, value| {
             if let Key::Member(_, user) = parse_key(key)
-                && decode_conns(value)
+                && decode_member(value)
+                    .conns
                     .values()
                     .any(|seen| self.is_fresh(*seen, now))
             {
@@ -272,9 +325,9 @@ impl PresenceStore {
         Ok(users.into_iter().collect())
     }
 
-    /// Reads the whole bucket once for the sweep: members whose
-    /// connections include a stale one, and keys of the old per-room
-    /// layout.
+    /// Reads the whole bucket once for the sweep: members with a stale
+    /// connection or an expired leave record, and keys of the old
+    /// per-room layout.
     pub(crate) async fn sweep_scan(&self) -> Result<SweepScan, BusError> {
         let now = now_ms();
         let mut found = SweepScan::default();
@@ -282,9 +335,9 @@ impl PresenceStore {
             found.keys += 1;
             match parse_key(key) {
                 Key::Member(room, user) => {
-                    if decode_conns(value)
-                        .values()
-                        .any(|seen| !self.is_fresh(*seen, now))
+                    let member = decode_member(value);
+                    if member.conns.values().any(|seen| !self.is_fresh(*seen, now))
+                        || member.gone.values().any(|left| !self.remembers(*left, now))
                     {
                         found.stale.push(Stale { room, user });
                     }

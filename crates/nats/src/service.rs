@@ -341,9 +341,9 @@ impl Inner {
                         .update(&room, &user, |held, now| {
                             for conn in &conns {
                                 if joining {
-                                    held.insert(conn.clone(), now);
+                                    held.join(conn, now);
                                 } else {
-                                    held.remove(conn);
+                                    held.leave(conn, now);
                                 }
                             }
                         })
@@ -358,7 +358,7 @@ impl Inner {
     /// A gateway vouches for a chunk of its connections. Each member is
     /// one compare-and-set on its own key, so the cost per entry is
     /// constant; a member the core did not know yet (it missed the join)
-    /// joins now.
+    /// joins now, but a connection that left meanwhile stays gone.
     async fn refresh(&self, payload: &[u8]) -> Result<Reply, BusError> {
         let change: pb::BusPresenceChange = decode(payload)?;
         let mut by_member: BTreeMap<(RoomName, String), Vec<String>> = BTreeMap::new();
@@ -380,7 +380,7 @@ impl Inner {
                     .presence
                     .update(&room, &user, |held, now| {
                         for conn in &conns {
-                            held.insert(conn.clone(), now);
+                            held.refresh(conn, now);
                         }
                     })
                     .await?;
