@@ -95,8 +95,8 @@ pub(crate) enum Transition {
 pub(crate) enum Key {
     /// `<room>.<hex(user)>`.
     Member(RoomName, String),
-    /// `<room>`: the per-room value of earlier versions, to be deleted.
-    Legacy,
+    /// `<room>`: the per-room value of earlier versions, to be migrated.
+    Legacy(RoomName),
     /// Anything else (not written by Switchboard): left alone.
     Foreign,
 }
@@ -107,11 +107,21 @@ pub(crate) struct Stale {
     pub(crate) user: String,
 }
 
+/// The users of a migrated old per-room key.
+#[derive(Default)]
+pub(crate) struct Legacy {
+    /// Still refreshed recently: become members without a new join event
+    /// (the old layout announced them).
+    pub(crate) fresh: Vec<(String, BTreeMap<String, i64>)>,
+    /// Their gateway stopped refreshing them: they leave now.
+    pub(crate) stale: Vec<String>,
+}
+
 /// What one scan of the whole bucket found for the sweep.
 #[derive(Default)]
 pub(crate) struct SweepScan {
     pub(crate) stale: Vec<Stale>,
-    pub(crate) legacy: Vec<String>,
+    pub(crate) legacy: Vec<RoomName>,
     pub(crate) keys: usize,
 }
 
@@ -158,8 +168,10 @@ pub(crate) fn parse_key(key: &str) -> Key {
             (Ok(room), Some(user)) => Key::Member(room, user),
             _ => Key::Foreign,
         },
-        None if RoomName::parse(key).is_ok() => Key::Legacy,
-        None => Key::Foreign,
+        None => match RoomName::parse(key) {
+            Ok(room) => Key::Legacy(room),
+            Err(_) => Key::Foreign,
+        },
     }
 }
 
@@ -342,7 +354,7 @@ impl PresenceStore {
                         found.stale.push(Stale { room, user });
                     }
                 }
-                Key::Legacy => found.legacy.push(key.to_owned()),
+                Key::Legacy(room) => found.legacy.push(room),
                 Key::Foreign => {}
             }
         })
@@ -350,11 +362,60 @@ impl PresenceStore {
         Ok(found)
     }
 
-    /// Deletes a key of the old per-room layout. Its users are not
-    /// announced as leaving: their gateways' next refresh recreates them
-    /// as members (see ADR 0006).
-    pub(crate) async fn delete_legacy(&self, key: &str) -> Result<(), BusError> {
-        self.kv.delete(key).await.map_err(unavailable)
+    /// Whether the member key holds connections of the user.
+    pub(crate) async fn is_member(&self, room: &RoomName, user: &str) -> Result<bool, BusError> {
+        let entry = self
+            .kv
+            .entry(member_key(room, user))
+            .await
+            .map_err(unavailable)?;
+        Ok(entry.is_some_and(|e| {
+            e.operation == Operation::Put && !decode_member(&e.value).conns.is_empty()
+        }))
+    }
+
+    /// Takes over a key of the old per-room layout
+    /// (`{user: {conn: last_refresh_ms}}`): deletes it (compare-and-set,
+    /// so of several sweeping cores exactly one migrates it) and returns
+    /// its users, split into those with a fresh connection and those
+    /// without. `None`: nothing to migrate, or another core took it.
+    pub(crate) async fn take_legacy(&self, room: &RoomName) -> Result<Option<Legacy>, BusError> {
+        let Some(entry) = self.kv.entry(room.as_str()).await.map_err(unavailable)? else {
+            return Ok(None);
+        };
+        if entry.operation != Operation::Put {
+            return Ok(None);
+        }
+        let old: BTreeMap<String, BTreeMap<String, i64>> =
+            serde_json::from_slice(&entry.value).unwrap_or_default();
+        match self
+            .kv
+            .delete_expect_revision(room.as_str(), Some(entry.revision))
+            .await
+        {
+            Ok(()) => {}
+            Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => return Ok(None),
+            Err(err) => return Err(unavailable(err)),
+        }
+        let now = now_ms();
+        let mut legacy = Legacy::default();
+        for (user, conns) in old {
+            if switchboard_core::validate_user(&user).is_err() {
+                continue;
+            }
+            // Never trust a timestamp from the future to keep a user forever.
+            let fresh: BTreeMap<String, i64> = conns
+                .into_iter()
+                .map(|(conn, seen)| (conn, seen.min(now)))
+                .filter(|(_, seen)| self.is_fresh(*seen, now))
+                .collect();
+            if fresh.is_empty() {
+                legacy.stale.push(user);
+            } else {
+                legacy.fresh.push((user, fresh));
+            }
+        }
+        Ok(Some(legacy))
     }
 
     /// Calls `visit(key, value)` with the last value of every live key
@@ -433,7 +494,7 @@ mod tests {
             );
             assert_eq!(parse_key(&key), Key::Member(room.clone(), user.to_owned()));
         }
-        assert_eq!(parse_key("lobby"), Key::Legacy);
+        assert_eq!(parse_key("lobby"), Key::Legacy(room.clone()));
         assert_eq!(parse_key("lobby.zz"), Key::Foreign);
         assert_eq!(parse_key("lobby.616"), Key::Foreign);
         assert_eq!(parse_key("a b"), Key::Foreign);

@@ -408,11 +408,8 @@ impl Inner {
                 return;
             }
         };
-        for key in &scan.legacy {
-            match self.presence.delete_legacy(key).await {
-                Ok(()) => tracing::info!(%key, "old per-room presence key deleted"),
-                Err(err) => tracing::warn!(%key, %err, "old per-room presence key not deleted"),
-            }
+        for room in &scan.legacy {
+            self.migrate_legacy(room).await;
         }
         let stale = scan.stale.len();
         futures::stream::iter(scan.stale)
@@ -436,6 +433,53 @@ impl Inner {
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "presence sweep done"
         );
+    }
+
+    /// Moves the users of an old per-room key into member keys, so an
+    /// upgrade neither repeats the join events of present users nor
+    /// forgets the leave of users whose gateway died meanwhile.
+    async fn migrate_legacy(&self, room: &RoomName) {
+        let legacy = match self.presence.take_legacy(room).await {
+            Ok(Some(legacy)) => legacy,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(%room, %err, "old per-room presence key not migrated");
+                return;
+            }
+        };
+        tracing::info!(
+            %room,
+            present = legacy.fresh.len(),
+            stale = legacy.stale.len(),
+            "old per-room presence key migrated"
+        );
+        for (user, conns) in &legacy.fresh {
+            let adopted = self
+                .presence
+                .update(room, user, |member, _| {
+                    for (conn, seen) in conns {
+                        if !member.gone.contains_key(conn) {
+                            member.conns.entry(conn.clone()).or_insert(*seen);
+                        }
+                    }
+                })
+                .await;
+            // A `Joined` here was announced under the old layout already.
+            if let Err(err) = adopted {
+                tracing::warn!(%room, %err, "presence of a migrated user lost");
+            }
+        }
+        for user in &legacy.stale {
+            // Unless a refresh already made them a member again.
+            let outcome = match self.presence.is_member(room, user).await {
+                Ok(true) => Ok(()),
+                Ok(false) => self.announce(room, user, Some(Transition::Left)).await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = outcome {
+                tracing::warn!(%room, %err, "leave of a migrated user not stored");
+            }
+        }
     }
 
     /// Stores the join or leave event of a presence transition.

@@ -66,6 +66,8 @@ struct LogReader {
     last_offset: u64,
     /// User → (joins, leaves).
     counts: BTreeMap<String, (usize, usize)>,
+    /// User → time of their last leave event (Unix ms, core clock).
+    left_at: BTreeMap<String, i64>,
     joins: usize,
     leaves: usize,
 }
@@ -90,6 +92,7 @@ impl LogReader {
             events,
             last_offset: 0,
             counts: BTreeMap::new(),
+            left_at: BTreeMap::new(),
             joins: 0,
             leaves: 0,
         }
@@ -114,7 +117,10 @@ impl LogReader {
             let entry = self.counts.entry(event.user.clone()).or_default();
             match event.kind {
                 EventKind::Join => (entry.0 += 1, self.joins += 1),
-                EventKind::Leave => (entry.1 += 1, self.leaves += 1),
+                EventKind::Leave => {
+                    self.left_at.insert(event.user.clone(), event.ts_unix_ms);
+                    (entry.1 += 1, self.leaves += 1)
+                }
                 EventKind::Message { .. } => panic!("unexpected message"),
             };
         }
@@ -277,8 +283,7 @@ async fn twenty_thousand_members_over_two_gateways() {
 
 /// A gateway that stops refreshing (crashed) loses its members within the
 /// TTL: both core replicas sweep, and each member still gets exactly one
-/// leave event. The other gateway's members stay. A key of the old
-/// per-room layout is ignored by queries and deleted by the sweep.
+/// leave event. The other gateway's members stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_gateway_members_are_swept_once() {
     const MEMBERS: usize = 500;
@@ -297,18 +302,6 @@ async fn crashed_gateway_members_are_swept_once() {
     let doomed = gateway(&nats.url(), "doomed", ttl).await;
     let room = RoomName::parse("swept").expect("room");
     let mut log = LogReader::start(&survivor, &room).await;
-
-    // An old-layout value (one key per room) for a room: ignored, deleted.
-    let legacy = "$KV.sb_presence.oldroom";
-    survivor
-        .client()
-        .publish(
-            legacy,
-            bytes::Bytes::from_static(br#"{"ghost":{"c":9999999999999}}"#),
-        )
-        .await
-        .expect("publish legacy value");
-    survivor.client().flush().await.expect("flush");
 
     let joins = (0..MEMBERS)
         .map(|i| {
@@ -346,26 +339,79 @@ async fn crashed_gateway_members_are_swept_once() {
             user(i)
         );
     }
+}
 
-    let old = RoomName::parse("oldroom").expect("room");
-    assert!(survivor.presence(&old).await.expect("presence").is_empty());
-    // The sweep deletes it: its last message becomes a delete marker
-    // (which carries headers; the plain publish above had none).
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let reply = survivor
-            .client()
-            .request(
-                "$JS.API.STREAM.MSG.GET.KV_sb_presence",
-                bytes::Bytes::from(format!(r#"{{"last_by_subj":"{legacy}"}}"#)),
-            )
-            .await
-            .expect("stream msg get");
-        let reply: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
-        if reply["message"]["hdrs"].is_string() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "legacy key not deleted: {reply}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Unix ms now, as the old layout stored refresh times.
+fn unix_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(since.as_millis()).expect("ms fit")
+}
+
+/// Upgrade from the per-room layout: a key `<room>` holding
+/// `{user: {conn: last_refresh_ms}}` is migrated by exactly one of two
+/// sweeping cores: the stale user leaves at once, the fresh one becomes a
+/// member with its old refresh time (no second join event) and leaves
+/// when that goes stale; the old key is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_per_room_keys_are_migrated() {
+    let dir = TempDir::new("presence-legacy");
+    let nats = Nats::start(&dir.0);
+    let ttl = Duration::from_millis(1500);
+    let flags = ["--presence-ttl", "1500ms"];
+    let cores = [
+        Service::start("core", &nats.url(), &flags),
+        Service::start("core", &nats.url(), &flags),
+    ];
+    for core in &cores {
+        core.wait_ready(true).await;
     }
+    let bus = gateway(&nats.url(), "observer", ttl).await;
+    let room = RoomName::parse("oldroom").expect("room");
+    let mut log = LogReader::start(&bus, &room).await;
+
+    // Written as an old core would (plain publish into the bucket's stream).
+    let fresh_at = unix_ms();
+    let old = serde_json::json!({
+        "fresh one": {"gw-1": fresh_at},
+        "stale one": {"gw-2": fresh_at - 3_600_000},
+    });
+    let legacy = "$KV.sb_presence.oldroom";
+    bus.client()
+        .publish(legacy, bytes::Bytes::from(old.to_string()))
+        .await
+        .expect("publish legacy value");
+    bus.client().flush().await.expect("flush");
+
+    log.read_until(0, 2).await;
+    assert_eq!(log.counts.get("stale one"), Some(&(0, 1)));
+    assert_eq!(log.counts.get("fresh one"), Some(&(0, 1)));
+    // Adopted with its refresh time: left once that was 2/3 TTL old.
+    let fresh_left = log.left_at["fresh one"];
+    assert!(
+        fresh_left >= fresh_at + 1000,
+        "left {} ms after its refresh",
+        fresh_left - fresh_at
+    );
+    assert!(bus.presence(&room).await.expect("presence").is_empty());
+    // The other core found nothing left to migrate: no second leave.
+    tokio::time::sleep(ttl).await;
+    log.at_head(&bus, &room).await;
+
+    // The old key's last message is a delete marker (it has headers; the
+    // plain publish above had none).
+    let reply = bus
+        .client()
+        .request(
+            "$JS.API.STREAM.MSG.GET.KV_sb_presence",
+            bytes::Bytes::from(format!(r#"{{"last_by_subj":"{legacy}"}}"#)),
+        )
+        .await
+        .expect("stream msg get");
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
+    assert!(
+        reply["message"]["hdrs"].is_string(),
+        "legacy key not deleted: {reply}"
+    );
 }
