@@ -148,7 +148,7 @@ pub(crate) fn encode_user(user: &str) -> String {
 }
 
 pub(crate) fn decode_user(hex: &str) -> Option<String> {
-    if hex.is_empty() || hex.len() % 2 != 0 {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
         return None;
     }
     let bytes = (0..hex.len())
