@@ -500,4 +500,20 @@ mod tests {
         assert_eq!(parse_key("a b"), Key::Foreign);
         assert_eq!(decode_user("ff"), None, "not UTF-8");
     }
+
+    #[test]
+    fn a_late_refresh_does_not_revive_a_connection_that_left() {
+        let mut member = Member::default();
+        member.join("c1", 1);
+        member.leave("c1", 2);
+        member.refresh("c1", 3);
+        assert!(member.conns.is_empty(), "refresh after leave ignored");
+        member.refresh("c2", 3);
+        assert_eq!(member.conns.get("c2"), Some(&3), "unknown connection added");
+        member.join("c1", 4);
+        assert_eq!(member.conns.get("c1"), Some(&4), "explicit join wins");
+        assert!(!member.gone.contains_key("c1"));
+        let round_trip = decode_member(&serde_json::to_vec(&member).expect("json"));
+        assert_eq!(round_trip, member);
+    }
 }
