@@ -77,8 +77,12 @@ const SCAN_IDLE: Duration = Duration::from_secs(5);
 pub(crate) struct PresenceStore {
     kv: kv::Store,
     ttl: Duration,
-    /// Bound of one listing (a presence query or a sweep's scan).
-    scan_limit: Duration,
+    /// Bound of a presence query's listing: it must answer within the
+    /// gateway's request timeout.
+    query_limit: Duration,
+    /// Bound of a sweep's scan of the whole bucket: the sweep period is
+    /// TTL/3, and sweeps never overlap, so a long scan only delays the next.
+    sweep_limit: Duration,
 }
 
 /// How one update changed a user's presence in the room.
@@ -219,7 +223,8 @@ impl PresenceStore {
         Ok(Self {
             kv,
             ttl: nats.presence_ttl,
-            scan_limit: nats.request_timeout.max(Duration::from_secs(1)),
+            query_limit: (nats.request_timeout * 4 / 5).max(Duration::from_millis(500)),
+            sweep_limit: nats.presence_ttl.max(nats.request_timeout),
         })
     }
 
@@ -323,7 +328,7 @@ impl PresenceStore {
     pub(crate) async fn users(&self, room: &RoomName) -> Result<Vec<String>, BusError> {
         let now = now_ms();
         let mut users = BTreeSet::new();
-        self.scan(&format!("{room}.*"), |key, value| {
+        self.scan(&format!("{room}.*"), self.query_limit, |key, value| {
             if let Key::Member(_, user) = parse_key(key)
                 && decode_member(value)
                     .conns
@@ -343,7 +348,7 @@ impl PresenceStore {
     pub(crate) async fn sweep_scan(&self) -> Result<SweepScan, BusError> {
         let now = now_ms();
         let mut found = SweepScan::default();
-        self.scan(">", |key, value| {
+        self.scan(">", self.sweep_limit, |key, value| {
             found.keys += 1;
             match parse_key(key) {
                 Key::Member(room, user) => {
@@ -421,9 +426,14 @@ impl PresenceStore {
     /// Calls `visit(key, value)` with the last value of every live key
     /// matching `filter` (a key pattern, e.g. `room.*`), tombstones
     /// skipped. A short-lived consumer filtered server-side does the
-    /// reading, bounded by `scan_limit`, and is deleted afterwards (or
+    /// reading, bounded by `limit`, and is deleted afterwards (or
     /// forgotten by the server after `SCAN_IDLE`).
-    async fn scan(&self, filter: &str, mut visit: impl FnMut(&str, &[u8])) -> Result<(), BusError> {
+    async fn scan(
+        &self,
+        filter: &str,
+        limit: Duration,
+        mut visit: impl FnMut(&str, &[u8]),
+    ) -> Result<(), BusError> {
         let stream = &self.kv.stream;
         let consumer = stream
             .create_consumer(pull::Config {
@@ -439,7 +449,7 @@ impl PresenceStore {
             .map_err(unavailable)?;
         let name = consumer.cached_info().name.clone();
         let mut pending = consumer.cached_info().num_pending;
-        let read = tokio::time::timeout(self.scan_limit, async {
+        let read = tokio::time::timeout(limit, async {
             while pending > 0 {
                 let mut batch = consumer
                     .fetch()

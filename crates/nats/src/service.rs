@@ -154,11 +154,11 @@ async fn serve(
     }
     let _ = requests.unsubscribe().await;
     let _ = refreshes.unsubscribe().await;
-    // Ends at the cancellation (a sweep in progress is dropped: every
-    // step of it is a compare-and-set another core can redo).
-    let _ = sweeper.await;
+    // A sweep in progress finishes like any request: a member it just
+    // changed still gets its leave event.
     let drained = tokio::time::timeout(DRAIN, async {
         while in_flight.join_next().await.is_some() {}
+        let _ = sweeper.await;
     })
     .await;
     if drained.is_err() {
@@ -168,7 +168,8 @@ async fn serve(
 
 /// Sweeps every `every`, one sweep at a time: the next starts only after
 /// the previous one finished (a slow sweep delays the next instead of
-/// piling up beside it, which on a big bucket would only add load).
+/// piling up beside it, which on a big bucket would only add load). Stops
+/// at `shutdown`, after the sweep in progress.
 async fn sweep_periodically(inner: Arc<Inner>, every: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,10 +179,7 @@ async fn sweep_periodically(inner: Arc<Inner>, every: Duration, shutdown: Cancel
             _ = tick.tick() => {}
         }
         let started = std::time::Instant::now();
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = inner.sweep() => {}
-        }
+        inner.sweep().await;
         if started.elapsed() > every {
             tracing::warn!(
                 elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -394,7 +392,7 @@ impl Inner {
     }
 
     /// Prunes connections whose gateway stopped refreshing them (one read
-    /// of the bucket, then one compare-and-set per stale member), deletes
+    /// of the bucket, then one compare-and-set per stale member), migrates
     /// keys of the old per-room layout, and notices a recreated stream.
     async fn sweep(&self) {
         if let Err(err) = self.logs.refresh_epoch().await {
