@@ -198,26 +198,35 @@ fn unexpected() -> BusError {
 }
 
 /// Re-announces every held presence entry, so a crashed gateway's users
-/// expire while live ones never do.
+/// expire while live ones never do. Each chunk is re-checked against the
+/// held set just before it is sent: an entry that left while earlier
+/// chunks were in flight is not vouched for again (the core also ignores
+/// refreshes of connections that left, for races this cannot close).
 async fn refresh_presence(bus: Weak<NatsBus>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tick.tick().await;
         let Some(bus) = bus.upgrade() else { break };
-        let entries: Vec<pb::PresenceEntry> = bus
-            .held()
-            .iter()
-            .map(|e| pb::PresenceEntry {
-                room: e.room.to_string(),
-                user: e.user.clone(),
-                conn: e.conn.clone(),
-            })
-            .collect();
+        let entries: Vec<HeldEntry> = bus.held().iter().cloned().collect();
         for chunk in entries.chunks(REFRESH_CHUNK) {
-            let change = pb::BusPresenceChange {
-                entries: chunk.to_vec(),
+            let change = {
+                let held = bus.held();
+                pb::BusPresenceChange {
+                    entries: chunk
+                        .iter()
+                        .filter(|e| held.contains(*e))
+                        .map(|e| pb::PresenceEntry {
+                            room: e.room.to_string(),
+                            user: e.user.clone(),
+                            conn: e.conn.clone(),
+                        })
+                        .collect(),
+                }
             };
+            if change.entries.is_empty() {
+                continue;
+            }
             if let Err(err) = bus
                 .call(bus.subjects.presence_refresh(), change.encode_to_vec())
                 .await

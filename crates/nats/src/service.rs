@@ -1,7 +1,7 @@
 //! The core side: answers bus requests from every gateway (queue group,
 //! so replicas share the load) and is the only writer of JetStream.
 
-use crate::presence::{PresenceStore, Transitions};
+use crate::presence::{PresenceStore, Transition};
 use crate::store::RoomLogs;
 use crate::subjects::Op;
 use crate::wire::{self, encode_error, encode_reply};
@@ -27,6 +27,9 @@ use tracing::Instrument;
 const MAX_IN_FLIGHT: usize = 512;
 /// How long a stopping core lets in-flight requests finish.
 const DRAIN: Duration = Duration::from_secs(5);
+/// Members one refresh chunk or sweep updates at once: enough to hide
+/// round trips, few enough to leave the server to other requests.
+const REFRESH_PARALLEL: usize = 16;
 
 /// A running core service.
 pub struct CoreService {
@@ -138,17 +141,16 @@ async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut in_flight = JoinSet::new();
-    let mut sweep = tokio::time::interval((presence_ttl / 3).max(Duration::from_millis(100)));
+    let sweeper = tokio::spawn(sweep_periodically(
+        inner.clone(),
+        (presence_ttl / 3).max(Duration::from_millis(100)),
+        shutdown.clone(),
+    ));
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
             message = requests.next() => message,
             message = refreshes.next() => message,
-            _ = sweep.tick() => {
-                let inner = inner.clone();
-                in_flight.spawn(async move { inner.sweep().await });
-                continue;
-            }
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
         };
         let Some(message) = message else { break };
@@ -163,12 +165,38 @@ async fn serve(
     }
     let _ = requests.unsubscribe().await;
     let _ = refreshes.unsubscribe().await;
+    // A sweep in progress finishes like any request: a member it just
+    // changed still gets its leave event.
     let drained = tokio::time::timeout(DRAIN, async {
         while in_flight.join_next().await.is_some() {}
+        let _ = sweeper.await;
     })
     .await;
     if drained.is_err() {
         tracing::warn!("core stopped with requests still in flight");
+    }
+}
+
+/// Sweeps every `every`, one sweep at a time: the next starts only after
+/// the previous one finished (a slow sweep delays the next instead of
+/// piling up beside it, which on a big bucket would only add load). Stops
+/// at `shutdown`, after the sweep in progress.
+async fn sweep_periodically(inner: Arc<Inner>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let started = std::time::Instant::now();
+        inner.sweep().await;
+        if started.elapsed() > every {
+            tracing::warn!(
+                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "presence sweep took longer than its period; the next one was delayed"
+            );
+        }
     }
 }
 
@@ -307,115 +335,182 @@ impl Inner {
             })),
             Op::Join | Op::Leave => {
                 let change: pb::BusPresenceChange = decode(payload)?;
-                let mut entries = Vec::new();
+                let mut by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 for entry in change.entries {
                     switchboard_core::validate_user(&entry.user)?;
                     if entry.room != room.as_str() {
                         return Err(bad("presence entry for another room"));
                     }
-                    entries.push((entry.user, entry.conn));
+                    by_user.entry(entry.user).or_default().push(entry.conn);
                 }
                 let joining = op == Op::Join;
-                let transitions = self
-                    .presence
-                    .update(&room, |presence, now| {
-                        for (user, conn) in &entries {
-                            if joining {
-                                presence
-                                    .entry(user.clone())
-                                    .or_default()
-                                    .insert(conn.clone(), now);
-                            } else if let Some(conns) = presence.get_mut(user) {
-                                conns.remove(conn);
-                                if conns.is_empty() {
-                                    presence.remove(user);
+                for (user, conns) in by_user {
+                    let transition = self
+                        .presence
+                        .update(&room, &user, |held, now| {
+                            for conn in &conns {
+                                if joining {
+                                    held.join(conn, now);
+                                } else {
+                                    held.leave(conn, now);
                                 }
                             }
-                        }
-                    })
-                    .await?;
-                self.announce(&room, transitions).await?;
+                        })
+                        .await?;
+                    self.announce(&room, &user, transition).await?;
+                }
                 Ok(Reply::Done(true))
             }
         }
     }
 
-    /// A gateway vouches for all its connections at once.
+    /// A gateway vouches for a chunk of its connections. Each member is
+    /// one compare-and-set on its own key, so the cost per entry is
+    /// constant; a member the core did not know yet (it missed the join)
+    /// joins now, but a connection that left meanwhile stays gone.
     async fn refresh(&self, payload: &[u8]) -> Result<Reply, BusError> {
         let change: pb::BusPresenceChange = decode(payload)?;
-        let mut by_room: BTreeMap<RoomName, Vec<(String, String)>> = BTreeMap::new();
+        let mut by_member: BTreeMap<(RoomName, String), Vec<String>> = BTreeMap::new();
         for entry in change.entries {
             let Ok(room) = RoomName::parse(&entry.room) else {
                 continue;
             };
-            by_room
-                .entry(room)
+            if switchboard_core::validate_user(&entry.user).is_err() {
+                continue;
+            }
+            by_member
+                .entry((room, entry.user))
                 .or_default()
-                .push((entry.user, entry.conn));
+                .push(entry.conn);
         }
-        for (room, entries) in by_room {
-            let transitions = self
-                .presence
-                .update(&room, |presence, now| {
-                    for (user, conn) in &entries {
-                        presence
-                            .entry(user.clone())
-                            .or_default()
-                            .insert(conn.clone(), now);
-                    }
-                })
-                .await?;
-            self.announce(&room, transitions).await?;
-        }
+        let outcomes: Vec<Result<(), BusError>> = futures::stream::iter(by_member)
+            .map(|((room, user), conns)| async move {
+                let transition = self
+                    .presence
+                    .update(&room, &user, |held, now| {
+                        for conn in &conns {
+                            held.refresh(conn, now);
+                        }
+                    })
+                    .await?;
+                self.announce(&room, &user, transition).await
+            })
+            .buffer_unordered(REFRESH_PARALLEL)
+            .collect()
+            .await;
+        outcomes.into_iter().collect::<Result<(), _>>()?;
         Ok(Reply::Done(true))
     }
 
-    /// Prunes connections whose gateway stopped refreshing them, and
-    /// notices a recreated stream.
+    /// Prunes connections whose gateway stopped refreshing them (one read
+    /// of the bucket, then one compare-and-set per stale member), migrates
+    /// keys of the old per-room layout, and notices a recreated stream.
     async fn sweep(&self) {
         if let Err(err) = self.logs.refresh_epoch().await {
             tracing::debug!(%err, "epoch check failed");
         }
-        let rooms = match self.presence.rooms().await {
-            Ok(rooms) => rooms,
+        let started = std::time::Instant::now();
+        let scan = match self.presence.sweep_scan().await {
+            Ok(scan) => scan,
             Err(err) => {
                 tracing::debug!(%err, "presence sweep skipped");
                 return;
             }
         };
-        for room in rooms {
-            let outcome = match self.presence.update(&room, |_, _| {}).await {
-                Ok(transitions) => self.announce(&room, transitions).await,
+        for room in &scan.legacy {
+            self.migrate_legacy(room).await;
+        }
+        let stale = scan.stale.len();
+        futures::stream::iter(scan.stale)
+            .for_each_concurrent(REFRESH_PARALLEL, |member| async move {
+                let outcome = match self
+                    .presence
+                    .update(&member.room, &member.user, |_, _| {})
+                    .await
+                {
+                    Ok(transition) => self.announce(&member.room, &member.user, transition).await,
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = outcome {
+                    tracing::warn!(room = %member.room, %err, "presence sweep failed");
+                }
+            })
+            .await;
+        tracing::debug!(
+            keys = scan.keys,
+            stale,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "presence sweep done"
+        );
+    }
+
+    /// Moves the users of an old per-room key into member keys, so an
+    /// upgrade neither repeats the join events of present users nor
+    /// forgets the leave of users whose gateway died meanwhile.
+    async fn migrate_legacy(&self, room: &RoomName) {
+        let legacy = match self.presence.take_legacy(room).await {
+            Ok(Some(legacy)) => legacy,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(%room, %err, "old per-room presence key not migrated");
+                return;
+            }
+        };
+        tracing::info!(
+            %room,
+            present = legacy.fresh.len(),
+            stale = legacy.stale.len(),
+            "old per-room presence key migrated"
+        );
+        for (user, conns) in &legacy.fresh {
+            let adopted = self
+                .presence
+                .update(room, user, |member, _| {
+                    for (conn, seen) in conns {
+                        if !member.gone.contains_key(conn) {
+                            member.conns.entry(conn.clone()).or_insert(*seen);
+                        }
+                    }
+                })
+                .await;
+            // A `Joined` here was announced under the old layout already.
+            if let Err(err) = adopted {
+                tracing::warn!(%room, %err, "presence of a migrated user lost");
+            }
+        }
+        for user in &legacy.stale {
+            // Unless a refresh already made them a member again.
+            let outcome = match self.presence.is_member(room, user).await {
+                Ok(true) => Ok(()),
+                Ok(false) => self.announce(room, user, Some(Transition::Left)).await,
                 Err(err) => Err(err),
             };
             if let Err(err) = outcome {
-                tracing::warn!(%room, %err, "presence sweep failed");
+                tracing::warn!(%room, %err, "leave of a migrated user not stored");
             }
         }
     }
 
-    /// Stores the join and leave events of a presence change.
-    async fn announce(&self, room: &RoomName, transitions: Transitions) -> Result<(), BusError> {
-        let changes = transitions
-            .joined
-            .into_iter()
-            .map(|u| (u, pb::EventType::Join))
-            .chain(
-                transitions
-                    .left
-                    .into_iter()
-                    .map(|u| (u, pb::EventType::Leave)),
-            );
-        for (user, kind) in changes {
-            let draft = EventFields {
-                room: room.to_string(),
-                r#type: kind as i32,
-                user,
-                ts_unix_ms: unix_ms(),
-                ..Default::default()
-            };
-            self.logs.append(room, draft, None).await?;
-        }
+    /// Stores the join or leave event of a presence transition.
+    async fn announce(
+        &self,
+        room: &RoomName,
+        user: &str,
+        transition: Option<Transition>,
+    ) -> Result<(), BusError> {
+        let kind = match transition {
+            None => return Ok(()),
+            Some(Transition::Joined) => pb::EventType::Join,
+            Some(Transition::Left) => pb::EventType::Leave,
+        };
+        let draft = EventFields {
+            room: room.to_string(),
+            r#type: kind as i32,
+            user: user.to_owned(),
+            ts_unix_ms: unix_ms(),
+            ..Default::default()
+        };
+        self.logs.append(room, draft, None).await?;
         Ok(())
     }
 }

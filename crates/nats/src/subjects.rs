@@ -10,7 +10,7 @@ use switchboard_protocol::RoomName;
 /// | presence refresh of a gateway | `<p>.presence.refresh` |
 /// | room log (JetStream) | `<p>.log.<room>` in stream `<P>_ROOMS` |
 /// | live feed (republished) | `<p>.live.<room>` |
-/// | presence bucket (KV) | `<p>_presence`, key `<room>` |
+/// | presence bucket (KV) | `<p>_presence`, key `<room>.<hex(user)>` |
 ///
 /// Rooms are [`RoomName`]s, validated to `[A-Za-z0-9_-]`, so they are
 /// always exactly one subject token.
