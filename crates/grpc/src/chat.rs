@@ -1,3 +1,4 @@
+use crate::conn::{call_guard, peer_ip};
 use crate::pump;
 use crate::to_status;
 use futures::StreamExt;
@@ -58,11 +59,6 @@ pub(crate) fn call_span(name: &'static str, metadata: &MetadataMap) -> tracing::
     span
 }
 
-/// The client's address, for per-address limits.
-pub(crate) fn peer_ip<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
-    request.remote_addr().map(|addr| addr.ip())
-}
-
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
@@ -78,11 +74,13 @@ impl pb::chat_server::Chat for ChatApi {
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let identity = identify(&self.gateway, request.metadata())?;
         let peer = peer_ip(&request);
+        let call = call_guard(&request);
         let inbound = request.into_inner();
         let (session, queue) = self.gateway.open_session(identity, Transport::Grpc, peer);
         let (out, rx) = mpsc::channel(RESPONSE_BUFFER);
         let gateway = self.gateway.clone();
         tokio::spawn(async move {
+            let _call = call;
             let mut session = session;
             let control = session.control().clone();
             let delivery = Delivery::new(gateway.limits().outbound_queue, Transport::Grpc);
@@ -108,6 +106,7 @@ impl pb::chat_server::Chat for ChatApi {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let identity = identify(&self.gateway, request.metadata())?;
         let peer = peer_ip(&request);
+        let call = call_guard(&request);
         let req = request.into_inner();
         let (mut session, mut queue) = self.gateway.open_session(identity, Transport::Grpc, peer);
         session
@@ -141,6 +140,7 @@ impl pb::chat_server::Chat for ChatApi {
         let (out, rx) = mpsc::channel(RESPONSE_BUFFER);
         let gateway = self.gateway.clone();
         tokio::spawn(async move {
+            let _call = call;
             let control = session.control().clone();
             for event in initial {
                 if !pump::send(&out, &control, event).await {
@@ -177,6 +177,7 @@ impl pb::chat_server::Chat for ChatApi {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        let _call = call_guard(&request);
         let identity = identify(&self.gateway, request.metadata())?;
         let span = call_span("grpc.publish", request.metadata());
         let peer = peer_ip(&request);
@@ -203,6 +204,7 @@ impl pb::chat_server::Chat for ChatApi {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let _call = call_guard(&request);
         let identity = identify(&self.gateway, request.metadata())?;
         let req = request.into_inner();
         let (room, events) = self
@@ -226,6 +228,7 @@ impl pb::chat_server::Chat for ChatApi {
         &self,
         request: Request<pb::PresenceRequest>,
     ) -> Result<Response<pb::PresenceResponse>, Status> {
+        let _call = call_guard(&request);
         let identity = identify(&self.gateway, request.metadata())?;
         let req = request.into_inner();
         let (room, users) = self

@@ -7,6 +7,7 @@
 //! status codes are mapped from the spec's error codes in [`status`] only.
 
 mod chat;
+mod conn;
 mod pump;
 mod seed;
 mod status;
@@ -19,7 +20,6 @@ use std::sync::Arc;
 use switchboard_gateway::Gateway;
 use switchboard_protocol::pb;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 /// Concurrent streams one HTTP/2 connection may open: each stream is a
@@ -48,6 +48,7 @@ pub enum GrpcError {
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
+    idle_timeout: std::time::Duration,
     shutdown: CancellationToken,
 ) -> Result<(), GrpcError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -113,20 +114,23 @@ pub async fn serve(
             .await;
     };
     // HTTP/2 limits: bounded streams per connection (each one is a
-    // session), pings that find dead peers even on idle connections, and
-    // TCP keepalive below them. h2 0.4.20 is past the rapid-reset and
-    // CONTINUATION-flood advisories.
+    // session), pings that find dead peers even on idle connections, TCP
+    // keepalive below them (set by `conn::incoming`), and connections
+    // without a call for `idle_timeout` closed. h2 0.4.20 is past the
+    // rapid-reset and CONTINUATION-flood advisories.
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
-        .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(chat)
         .add_service(seed)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .serve_with_incoming_shutdown(
+            conn::incoming(listener, idle_timeout, KEEPALIVE_INTERVAL),
+            signal,
+        )
         .await?;
     Ok(())
 }

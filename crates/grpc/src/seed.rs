@@ -44,7 +44,8 @@ impl ChatService for SeedChat {
             .unwrap_or(DEFAULT_SEED_ROOM);
         let room = RoomName::parse(room)
             .map_err(|err| Status::invalid_argument(format!("x-room: {err}")))?;
-        let peer = crate::chat::peer_ip(&request);
+        let peer = crate::conn::peer_ip(&request);
+        let call = crate::conn::call_guard(&request);
         let inbound = request.into_inner();
         let (mut session, queue) = self.gateway.open_session(identity, Transport::Grpc, peer);
         session
@@ -54,6 +55,7 @@ impl ChatService for SeedChat {
         let (out, rx) = mpsc::channel(64);
         let gateway = self.gateway.clone();
         tokio::spawn(async move {
+            let _call = call;
             let control = session.control().clone();
             let delivery = Delivery::new(gateway.limits().outbound_queue, Transport::Grpc);
             let writer = pump::pump(queue, delivery, &control, &gateway, &out, to_chat_message);

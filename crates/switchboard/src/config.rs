@@ -349,6 +349,9 @@ pub struct ServeArgs {
     /// Address of the gRPC API.
     #[arg(long, env = "SWITCHBOARD_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
+    /// A gRPC connection without any call for this long is closed.
+    #[arg(long, env = "SWITCHBOARD_GRPC_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub grpc_idle_timeout: Duration,
     /// How long a graceful shutdown may take before the process exits anyway.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

@@ -148,9 +148,10 @@ pub async fn start(role: Role, args: &ServeArgs) -> Result<Server, StartError> {
         let grpc = bind("gRPC", args.grpc_addr).await?;
         let grpc_addr = local_addr("gRPC", &grpc, args.grpc_addr)?;
         let grpc_gateway = gateway.clone();
+        let grpc_idle = args.grpc_idle_timeout;
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(err) = switchboard_grpc::serve(grpc_gateway, grpc, stop).await {
+            if let Err(err) = switchboard_grpc::serve(grpc_gateway, grpc, grpc_idle, stop).await {
                 tracing::error!(%err, "gRPC server failed");
             }
         });

@@ -260,3 +260,71 @@ async fn aborted_subscribes_leave_no_watch_behind() {
     let mut ws = common::Ws::connect(&server.ws_url("/ws?user=after")).await;
     ws.subscribe("after", None).await;
 }
+
+/// A gRPC connection with no call for `--grpc-idle-timeout` is closed; one
+/// with an open stream is kept however quiet the stream is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_grpc_connections_are_closed_and_busy_ones_kept() {
+    use tokio::io::AsyncReadExt;
+    let server = Service::standalone(&["--grpc-idle-timeout", "1s"]);
+    server.wait_ready(true).await;
+
+    // A raw HTTP/2 connection that says hello and nothing else.
+    let mut idle = tokio::net::TcpStream::connect(server.grpc.expect("gRPC"))
+        .await
+        .expect("connect");
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let opened = tokio::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(WAIT, idle.read(&mut buf))
+            .await
+            .expect("the idle connection is closed in time");
+        if matches!(read, Ok(0) | Err(_)) {
+            break;
+        }
+    }
+    assert!(
+        opened.elapsed() >= Duration::from_millis(900),
+        "closed for idleness, not at once ({:?})",
+        opened.elapsed()
+    );
+
+    // A quiet Subscribe stream keeps its connection past the timeout.
+    let mut client = pb::chat_client::ChatClient::new(channel(&server).await);
+    let request = with_user(
+        pb::SubscribeRequest {
+            room: "busy".into(),
+            since: String::new(),
+        },
+        "patient",
+        "unused",
+    );
+    let mut stream = client
+        .subscribe(request)
+        .await
+        .expect("subscribed")
+        .into_inner();
+    // Longer than the idle timeout, on purpose.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let response = reqwest::Client::new()
+        .post(server.url("/api/rooms/busy/messages?user=poster"))
+        .json(&json!({"text": "still there?"}))
+        .send()
+        .await
+        .expect("posted");
+    assert_eq!(response.status(), 201);
+    loop {
+        let event = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("event in time")
+            .expect("stream healthy")
+            .expect("stream open");
+        if event.r#type == pb::EventType::Message as i32 {
+            assert_eq!(event.text, "still there?");
+            break;
+        }
+    }
+}
