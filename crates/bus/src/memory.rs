@@ -19,8 +19,9 @@ impl MemoryBus {
     /// Creates the bus and a background sweeper that forgets idle rooms;
     /// the sweeper ends when the bus is dropped. Needs a Tokio runtime.
     pub fn new(config: CoreConfig) -> Arc<Self> {
+        let every = config.sweep_interval.max(Duration::from_millis(10));
         let core = Arc::new(Core::new(config));
-        spawn_sweeper(Arc::downgrade(&core), Duration::from_secs(60));
+        spawn_sweeper(Arc::downgrade(&core), every);
         Arc::new(Self { core })
     }
 

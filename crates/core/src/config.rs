@@ -21,6 +21,9 @@ pub struct CoreConfig {
     /// Estimated bytes of every room and stored event together, bounded
     /// the same way, so no sequence of publishes can exhaust memory.
     pub max_bytes: usize,
+    /// How often unattended, emptied rooms are swept (rooms whose events
+    /// aged out; rooms that never held a message are forgotten at once).
+    pub sweep_interval: Duration,
 }
 
 impl Default for CoreConfig {
@@ -33,6 +36,7 @@ impl Default for CoreConfig {
             feed_capacity: 1024,
             max_rooms: 1_000_000,
             max_bytes: 1 << 30,
+            sweep_interval: Duration::from_secs(60),
         }
     }
 }

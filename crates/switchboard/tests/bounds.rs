@@ -412,3 +412,58 @@ async fn binary_frame_floods_spend_the_frame_budget() {
         .expect("sent");
     assert_eq!(ws.ended().await, Ended::Close(1009));
 }
+
+/// Anonymous users pick their names, so rotating `?user=` used to get
+/// past the per-user publish limit. Their publishes now also spend from
+/// one bucket per client address, over every connection and transport;
+/// another address has its own.
+#[tokio::test]
+async fn anonymous_publishes_are_limited_per_client_address() {
+    let server = TestServer::with_args(&[
+        "--publish-rate",
+        "1000",
+        "--publish-burst",
+        "1000",
+        "--ip-publish-rate",
+        "0.001",
+        "--ip-publish-burst",
+        "50",
+    ])
+    .await;
+    let client = |address: &str| {
+        reqwest::Client::builder()
+            .local_address(address.parse::<std::net::IpAddr>().expect("address"))
+            .build()
+            .expect("client")
+    };
+    let post = async |client: &reqwest::Client, user: &str| {
+        let response = client
+            .post(server.url(&format!("/api/rooms/ip/messages?user={user}")))
+            .json(&json!({"text": "hi"}))
+            .send()
+            .await
+            .expect("sent");
+        response.status().as_u16()
+    };
+    let local = client("127.0.0.1");
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        statuses.push(post(&local, &format!("rotating-{i}")).await);
+    }
+    // The same address over WebSocket, under yet other names.
+    let mut ws = server.ws("/ws?user=another-name").await;
+    for i in 0..30 {
+        let reply = ws.publish("ip", "hi", &format!("w{i}")).await;
+        statuses.push(if reply["type"] == "ack" {
+            201
+        } else {
+            assert_eq!(reply["code"], "rate_limited", "{reply}");
+            429
+        });
+    }
+    let accepted = statuses.iter().filter(|s| **s == 201).count();
+    assert_eq!(accepted, 50, "one burst for the address: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 201 || *s == 429));
+    // Another client address is not affected.
+    assert_eq!(post(&client("127.0.0.2"), "elsewhere").await, 201);
+}

@@ -18,7 +18,19 @@ use tokio::time::Instant;
 const STREAM: &str = "SB_ROOMS";
 /// Gateway flags that keep the per-connection and per-user publish limits
 /// out of the way of deliberate floods.
-const UNTHROTTLED: [&str; 4] = ["--publish-rate", "100000", "--publish-burst", "100000"];
+/// Client limits out of the way: these tests measure the store (the
+/// per-address publish limit follows the per-connection one; the read
+/// budget would refuse 800 concurrent history pages from one address).
+const UNTHROTTLED: [&str; 8] = [
+    "--publish-rate",
+    "100000",
+    "--publish-burst",
+    "100000",
+    "--history-rate",
+    "1000000",
+    "--history-burst",
+    "1000000",
+];
 
 /// POSTs a message through a gateway's HTTP API: status and JSON body.
 async fn post(
