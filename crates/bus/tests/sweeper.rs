@@ -51,7 +51,11 @@ async fn the_sweep_lets_other_tasks_run_between_shards() {
         })
     };
     observer.await.expect("observer");
-    assert_eq!(bus.core().room_count(), 0, "the sweep forgot every aged room");
+    assert_eq!(
+        bus.core().room_count(),
+        0,
+        "the sweep forgot every aged room"
+    );
     let seen = seen.lock().expect("seen");
     let between = seen.iter().filter(|n| **n > 0 && **n < ROOMS).count();
     assert!(
