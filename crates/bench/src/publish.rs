@@ -37,12 +37,12 @@ pub struct PubShared {
 }
 
 impl PubShared {
+    /// `messages` attempts at most, until `deadline`.
     pub fn new(
         run: u32,
-        payload_bytes: usize,
+        config: &crate::Config,
         rooms: Arc<[String]>,
         lanes: usize,
-        budget: u64,
         deadline: Instant,
         errors: Arc<Errors>,
         request_timeout: Duration,
@@ -50,9 +50,9 @@ impl PubShared {
         let cells = lanes * rooms.len();
         Self {
             run,
-            payload_bytes,
+            payload_bytes: config.payload_bytes,
             rooms,
-            budget: AtomicU64::new(budget),
+            budget: AtomicU64::new(config.messages),
             deadline,
             acked: (0..cells).map(|_| AtomicU64::new(0)).collect(),
             attempts: AtomicU64::new(0),

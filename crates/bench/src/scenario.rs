@@ -297,10 +297,9 @@ async fn fanout(run: &Arc<Run>) -> Result<Report, BenchError> {
     let start = Instant::now();
     let shared = Arc::new(PubShared::new(
         run.id,
-        c.payload_bytes,
+        c,
         run.rooms.clone(),
         run.lanes,
-        c.messages,
         start + c.duration,
         run.errors.clone(),
         request_timeout,

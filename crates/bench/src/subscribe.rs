@@ -105,10 +105,13 @@ pub fn grpc_request<T>(message: T, user: &str) -> tonic::Request<T> {
 pub enum Subscription {
     Ws(Box<Ws>),
     Sse(Box<SseStream>),
-    Grpc {
-        stream: tonic::Streaming<pb::Event>,
-        _channel: Channel,
-    },
+    Grpc(Box<GrpcSub>),
+}
+
+/// A gRPC `Subscribe` stream and the channel (connection) it runs on.
+pub struct GrpcSub {
+    stream: tonic::Streaming<pb::Event>,
+    _channel: Channel,
 }
 
 /// Where and as whom to subscribe.
@@ -185,10 +188,10 @@ impl Subscription {
                     .subscribe(request)
                     .await
                     .map_err(|s| status_code(&s))?;
-                Ok(Self::Grpc {
+                Ok(Self::Grpc(Box::new(GrpcSub {
                     stream: response.into_inner(),
                     _channel: channel,
-                })
+                })))
             }
         }
     }
@@ -221,7 +224,7 @@ impl Subscription {
                 }
                 Some(_) => Ok(Some(Incoming::Other)),
             },
-            Self::Grpc { stream, .. } => match stream.message().await {
+            Self::Grpc(grpc) => match grpc.stream.message().await {
                 Ok(Some(event)) => {
                     let message = pb::EventType::Message as i32;
                     let event = event.into_fields();
