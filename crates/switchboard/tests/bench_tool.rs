@@ -178,7 +178,8 @@ fn fanout_grpc_subscribers_grpc_publisher() {
 }
 
 /// Several rooms and publishers at a fixed rate, from a `ws://…/ws` base
-/// URL: each subscriber gets exactly its room's messages.
+/// URL, with client sockets bound to three source addresses: each
+/// subscriber gets exactly its room's messages.
 #[test]
 fn fanout_rooms_publishers_and_rate() {
     let server = Service::standalone(UNLIMITED);
@@ -197,6 +198,8 @@ fn fanout_rooms_publishers_and_rate() {
         "2",
         "--rate",
         "400",
+        "--source-addrs",
+        "127.0.0.1-127.0.0.3",
         "--messages",
         "240",
         "--duration",
@@ -319,6 +322,25 @@ fn rate_limited_server_is_reported() {
     assert_eq!(u(&report, "deliveries"), 5 * published, "{report}");
     assert_eq!(u(&report, "lost"), 0, "{report}");
     assert!(stderr.contains("rate-limited"), "warned: {stderr}");
+
+    // Over HTTP the refusal is a 429 with the same code.
+    let (report, _) = bench(&[
+        &server.url(""),
+        "--subscribers",
+        "2",
+        "--publish",
+        "http",
+        "--window",
+        "4",
+        "--messages",
+        "300",
+        "--duration",
+        "2s",
+    ]);
+    assert_eq!(report["rate_limited"], true, "{report}");
+    let refused = report["errors"]["rate_limited"].as_u64().unwrap_or(0);
+    assert!(refused > 0, "{report}");
+    assert_eq!(u(&report, "lost"), 0, "{report}");
 }
 
 #[test]
