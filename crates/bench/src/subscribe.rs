@@ -251,6 +251,12 @@ impl Subscription {
 /// A server-sent event stream read off a raw HTTP/1.1 response.
 pub struct SseStream {
     stream: TcpStream,
+    decoder: SseDecoder,
+}
+
+/// The response body after its head: transfer decoding (chunked or not)
+/// and event parsing, apart from the socket so it can be tested alone.
+struct SseDecoder {
     /// Bytes read and not yet decoded from the transfer encoding.
     raw: Vec<u8>,
     /// Decoded body bytes not yet parsed into events.
@@ -278,87 +284,21 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-impl SseStream {
-    async fn open(dialer: &Dialer, authority: &str, path: &str) -> Result<Self, Failure> {
-        let mut stream = dialer
-            .tcp()
-            .await
-            .map_err(|_| Failure::new("connect_failed"))?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|_| Failure::new("io_error"))?;
-        let mut raw = Vec::with_capacity(READ_SIZE);
-        let head_end = loop {
-            if let Some(end) = find(&raw, b"\r\n\r\n") {
-                break end;
-            }
-            if raw.len() > MAX_HEAD {
-                return Err(Failure::new("bad_response"));
-            }
-            let n = stream
-                .read_buf(&mut raw)
-                .await
-                .map_err(|_| Failure::new("io_error"))?;
-            if n == 0 {
-                return Err(Failure::new("closed"));
-            }
-        };
-        let head = String::from_utf8_lossy(raw.get(..head_end).unwrap_or_default()).into_owned();
-        let rest = raw.get(head_end + 4..).unwrap_or_default().to_vec();
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Failure::new("bad_response"))?;
-        let chunked = head.lines().any(|l| {
-            let l = l.to_ascii_lowercase();
-            l.starts_with("transfer-encoding:") && l.contains("chunked")
-        });
-        let mut sse = Self {
-            stream,
-            raw: rest,
+impl SseDecoder {
+    fn new(raw: Vec<u8>, chunked: bool) -> Self {
+        Self {
+            raw,
             body: Vec::new(),
             chunk: if chunked {
                 Chunk::Size
             } else {
                 Chunk::Identity
             },
-        };
-        if status != 200 {
-            // The JSON error body names the code (`unavailable`, …); read
-            // what has arrived, briefly.
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), async {
-                while find(&sse.body, b"}}").is_none() {
-                    sse.decode();
-                    if matches!(sse.chunk, Chunk::Done) || !sse.fill().await.unwrap_or(false) {
-                        break;
-                    }
-                }
-            })
-            .await;
-            sse.decode();
-            let code = serde_json::from_slice::<serde_json::Value>(&sse.body)
-                .ok()
-                .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| format!("http_{status}"));
-            return Err(Failure(code));
         }
-        Ok(sse)
     }
 
-    /// Reads more bytes; `false` at the end of the connection.
-    async fn fill(&mut self) -> Result<bool, Failure> {
-        self.raw.reserve(READ_SIZE);
-        let n = self
-            .stream
-            .read_buf(&mut self.raw)
-            .await
-            .map_err(|_| Failure::new("io_error"))?;
-        Ok(n > 0)
+    fn done(&self) -> bool {
+        matches!(self.chunk, Chunk::Done)
     }
 
     /// Moves what can be decoded from `raw` to `body`.
@@ -416,40 +356,172 @@ impl SseStream {
         self.raw.drain(..used.min(self.raw.len()));
     }
 
-    /// The next event as `(name, data)`; comments and `retry:` are skipped.
-    /// `Ok(None)` at the end of the stream.
-    pub async fn next_event(&mut self) -> Result<Option<(String, String)>, Failure> {
-        loop {
-            self.decode();
-            while let Some(end) = find(&self.body, b"\n\n") {
-                let block: Vec<u8> = self.body.drain(..end + 2).collect();
-                let block = String::from_utf8_lossy(&block);
-                let mut name = None;
-                let mut data: Option<String> = None;
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        name = Some(v.trim_start().to_owned());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        let v = v.strip_prefix(' ').unwrap_or(v);
-                        match &mut data {
-                            Some(d) => {
-                                d.push('\n');
-                                d.push_str(v);
-                            }
-                            None => data = Some(v.to_owned()),
+    /// The next complete event in `body` as `(name, data)`; blocks without
+    /// data (comments, `retry:`) are skipped.
+    fn next_event(&mut self) -> Option<(String, String)> {
+        self.decode();
+        while let Some(end) = find(&self.body, b"\n\n") {
+            let block: Vec<u8> = self.body.drain(..end + 2).collect();
+            let block = String::from_utf8_lossy(&block);
+            let mut name = None;
+            let mut data: Option<String> = None;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = Some(v.trim_start().to_owned());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    let v = v.strip_prefix(' ').unwrap_or(v);
+                    match &mut data {
+                        Some(d) => {
+                            d.push('\n');
+                            d.push_str(v);
                         }
+                        None => data = Some(v.to_owned()),
                     }
                 }
-                if let Some(data) = data {
-                    return Ok(Some((name.unwrap_or_else(|| "message".into()), data)));
+            }
+            if let Some(data) = data {
+                return Some((name.unwrap_or_else(|| "message".into()), data));
+            }
+        }
+        None
+    }
+}
+
+impl SseStream {
+    async fn open(dialer: &Dialer, authority: &str, path: &str) -> Result<Self, Failure> {
+        let mut stream = dialer
+            .tcp()
+            .await
+            .map_err(|_| Failure::new("connect_failed"))?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|_| Failure::new("io_error"))?;
+        let mut raw = Vec::with_capacity(READ_SIZE);
+        let head_end = loop {
+            if let Some(end) = find(&raw, b"\r\n\r\n") {
+                break end;
+            }
+            if raw.len() > MAX_HEAD {
+                return Err(Failure::new("bad_response"));
+            }
+            let n = stream
+                .read_buf(&mut raw)
+                .await
+                .map_err(|_| Failure::new("io_error"))?;
+            if n == 0 {
+                return Err(Failure::new("closed"));
+            }
+        };
+        let head = String::from_utf8_lossy(raw.get(..head_end).unwrap_or_default()).into_owned();
+        let rest = raw.get(head_end + 4..).unwrap_or_default().to_vec();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Failure::new("bad_response"))?;
+        let chunked = head.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("transfer-encoding:") && l.contains("chunked")
+        });
+        let mut sse = Self {
+            stream,
+            decoder: SseDecoder::new(rest, chunked),
+        };
+        if status != 200 {
+            // The JSON error body names the code (`unavailable`, …); read
+            // what has arrived, briefly.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), async {
+                loop {
+                    sse.decoder.decode();
+                    if find(&sse.decoder.body, b"}}").is_some()
+                        || sse.decoder.done()
+                        || !sse.fill().await.unwrap_or(false)
+                    {
+                        break;
+                    }
                 }
+            })
+            .await;
+            sse.decoder.decode();
+            let code = serde_json::from_slice::<serde_json::Value>(&sse.decoder.body)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("http_{status}"));
+            return Err(Failure(code));
+        }
+        Ok(sse)
+    }
+
+    /// Reads more bytes; `false` at the end of the connection.
+    async fn fill(&mut self) -> Result<bool, Failure> {
+        self.decoder.raw.reserve(READ_SIZE);
+        let n = self
+            .stream
+            .read_buf(&mut self.decoder.raw)
+            .await
+            .map_err(|_| Failure::new("io_error"))?;
+        Ok(n > 0)
+    }
+
+    /// The next event as `(name, data)`; `Ok(None)` at the end of the stream.
+    pub async fn next_event(&mut self) -> Result<Option<(String, String)>, Failure> {
+        loop {
+            if let Some(event) = self.decoder.next_event() {
+                return Ok(Some(event));
             }
-            if matches!(self.chunk, Chunk::Done) {
-                return Ok(None);
-            }
-            if !self.fill().await? {
+            if self.decoder.done() || !self.fill().await? {
                 return Ok(None);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunked SSE fed one byte at a time: chunk sizes, chunk ends and
+    /// events split anywhere still parse, and the last chunk ends it.
+    #[test]
+    fn chunked_events_split_anywhere() {
+        let events = "retry: 2000\n\n: ping\n\nid: e:1\nevent: subscribed\ndata: {\"a\":1}\n\nevent: message\ndata: {\"text\":\"x\"}\n\n";
+        let mut wire = Vec::new();
+        for part in events.as_bytes().chunks(7) {
+            wire.extend_from_slice(format!("{:x};ext=1\r\n", part.len()).as_bytes());
+            wire.extend_from_slice(part);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        let mut d = SseDecoder::new(Vec::new(), true);
+        let mut seen = Vec::new();
+        for byte in wire {
+            d.raw.push(byte);
+            while let Some(event) = d.next_event() {
+                seen.push(event);
+            }
+        }
+        assert!(d.done());
+        assert_eq!(
+            seen,
+            vec![
+                ("subscribed".to_owned(), "{\"a\":1}".to_owned()),
+                ("message".to_owned(), "{\"text\":\"x\"}".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn identity_body_and_multiline_data() {
+        let mut d = SseDecoder::new(b"data: a\ndata: b\n\n".to_vec(), false);
+        assert_eq!(
+            d.next_event(),
+            Some(("message".to_owned(), "a\nb".to_owned()))
+        );
+        assert_eq!(d.next_event(), None);
+        assert!(!d.done());
     }
 }

@@ -34,6 +34,7 @@ pub struct BenchArgs {
     /// Connections for idle and connect (default 1000).
     #[arg(long)]
     pub connections: Option<usize>,
+    /// Publishers, each its own connection (or HTTP client) and user.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
     /// Rooms; subscribers and publishes are spread round-robin over them.
@@ -74,6 +75,7 @@ pub struct BenchArgs {
     /// Rooms are `<prefix>-<i>` (default: a fresh prefix per run).
     #[arg(long)]
     pub room_prefix: Option<String>,
+    /// Subscribers are user `<prefix>-sub`, publisher i `<prefix>-pub<i>`.
     #[arg(long, default_value = "bench")]
     pub user_prefix: String,
     /// both (JSON on stdout, summary on stderr) | json | human.
