@@ -160,6 +160,17 @@ impl Report {
                  (--publish-rate/--publish-burst, --ip-publish-rate/--ip-publish-burst), not its capacity"
             );
         }
+        if let Some(rate) = self.rate
+            && self.publish_transport.is_some()
+            && self.publishes_per_s < 0.9 * rate
+        {
+            let _ = writeln!(
+                s,
+                "  WARNING: {:.0} publishes/s acknowledged of --rate {rate}: publishers wait for \
+                 acknowledgements within --window, so raise --window (or --publishers)",
+                self.publishes_per_s
+            );
+        }
         if self.cpu.utilization > 0.9 {
             let _ = writeln!(
                 s,
