@@ -31,6 +31,23 @@ struct Run {
     lanes: usize,
 }
 
+/// `open` within `limit`, a `timeout` failure after it.
+async fn bounded<T>(
+    limit: Duration,
+    open: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    tokio::time::timeout(limit, open)
+        .await
+        .unwrap_or_else(|_| Err(Failure::new("timeout")))
+}
+
+/// A publisher's connection, opened before the clock starts.
+enum PubConn {
+    Ws(Box<crate::subscribe::Ws>),
+    Http(reqwest::Client, Arc<[String]>),
+    Grpc(tonic::transport::Channel, String),
+}
+
 /// What a subscriber saw, returned when it stops.
 struct SubOutcome {
     room: usize,
@@ -294,31 +311,15 @@ async fn fanout(run: &Arc<Run>) -> Result<Report, BenchError> {
     let per_lane_period = c
         .rate
         .map(|r| Duration::from_secs_f64(run.lanes as f64 / r));
-    let start = Instant::now();
-    let shared = Arc::new(PubShared::new(
-        run.id,
-        c,
-        run.rooms.clone(),
-        run.lanes,
-        start + c.duration,
-        run.errors.clone(),
-        request_timeout,
-    ));
-    let mut lanes: Vec<JoinHandle<()>> = Vec::new();
+    let mut conns = Vec::with_capacity(c.publishers);
     for p in 0..c.publishers {
         let user = format!("{}-pub{p}", c.user_prefix);
-        let lanes_per = c.lanes_per_publisher();
-        match c.publish {
-            PubTransport::Ws => match open_ws(&run.http, &c.target.ws_url(&user)).await {
-                Ok(ws) => lanes.push(tokio::spawn(publish::ws_publisher(
-                    ws,
-                    p,
-                    shared.clone(),
-                    c.window,
-                    publish::pacer(per_lane_period),
-                ))),
-                Err(Failure(code)) => run.errors.add(&code),
-            },
+        let conn = match c.publish {
+            PubTransport::Ws => {
+                bounded(c.setup_timeout, open_ws(&run.http, &c.target.ws_url(&user)))
+                    .await
+                    .map(|ws| PubConn::Ws(Box::new(ws)))
+            }
             PubTransport::Http => {
                 let mut builder = reqwest::Client::builder()
                     .timeout(request_timeout)
@@ -335,6 +336,44 @@ async fn fanout(run: &Arc<Run>) -> Result<Report, BenchError> {
                     .iter()
                     .map(|r| c.target.publish_url(r, &user))
                     .collect();
+                Ok(PubConn::Http(client, urls))
+            }
+            PubTransport::Grpc => {
+                let dialer = run.grpc.as_ref().unwrap_or(&run.http);
+                let uri = c.grpc.as_ref().map_or("", |g| g.uri.as_str());
+                bounded(c.setup_timeout, open_channel(dialer, uri))
+                    .await
+                    .map(|channel| PubConn::Grpc(channel, user))
+            }
+        };
+        match conn {
+            Ok(conn) => conns.push((p, conn)),
+            Err(Failure(code)) => run.errors.add(&code),
+        }
+    }
+    // Publishers are connected: the clock starts.
+    let start = Instant::now();
+    let shared = Arc::new(PubShared::new(
+        run.id,
+        c,
+        run.rooms.clone(),
+        run.lanes,
+        start + c.duration,
+        run.errors.clone(),
+        request_timeout,
+    ));
+    let lanes_per = c.lanes_per_publisher();
+    let mut lanes: Vec<JoinHandle<()>> = Vec::new();
+    for (p, conn) in conns {
+        match conn {
+            PubConn::Ws(ws) => lanes.push(tokio::spawn(publish::ws_publisher(
+                *ws,
+                p,
+                shared.clone(),
+                c.window,
+                publish::pacer(per_lane_period),
+            ))),
+            PubConn::Http(client, urls) => {
                 for l in 0..lanes_per {
                     lanes.push(tokio::spawn(publish::http_lane(
                         client.clone(),
@@ -345,22 +384,15 @@ async fn fanout(run: &Arc<Run>) -> Result<Report, BenchError> {
                     )));
                 }
             }
-            PubTransport::Grpc => {
-                let dialer = run.grpc.as_ref().unwrap_or(&run.http);
-                let uri = c.grpc.as_ref().map_or("", |g| g.uri.as_str());
-                match open_channel(dialer, uri).await {
-                    Ok(channel) => {
-                        for l in 0..lanes_per {
-                            lanes.push(tokio::spawn(publish::grpc_lane(
-                                channel.clone(),
-                                user.clone(),
-                                p * lanes_per + l,
-                                shared.clone(),
-                                publish::pacer(per_lane_period),
-                            )));
-                        }
-                    }
-                    Err(Failure(code)) => run.errors.add(&code),
+            PubConn::Grpc(channel, user) => {
+                for l in 0..lanes_per {
+                    lanes.push(tokio::spawn(publish::grpc_lane(
+                        channel.clone(),
+                        user.clone(),
+                        p * lanes_per + l,
+                        shared.clone(),
+                        publish::pacer(per_lane_period),
+                    )));
                 }
             }
         }
