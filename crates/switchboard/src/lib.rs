@@ -4,8 +4,11 @@
 //! gateways, HTTP and gRPC APIs in one process, on the in-memory bus or on
 //! NATS), `core`, `ws-gateway` or `sse-gateway`. It returns the bound
 //! addresses, so port 0 works for tests.
-//! [`config`] holds the typed, validated settings the binary's flags fill.
+//! [`config`] holds the typed, validated settings the binary's flags fill;
+//! [`bench`] the flags of the `bench` client tool (the generator itself is
+//! the `switchboard-bench` crate).
 
+pub mod bench;
 pub mod config;
 pub mod server;
 pub mod standalone;

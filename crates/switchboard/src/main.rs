@@ -2,8 +2,10 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use switchboard::bench::BenchArgs;
 use switchboard::config::ServeArgs;
 use switchboard::server::{self, Role};
+use switchboard_bench::OutputFormat;
 use switchboard_telemetry::{LogFormat, Telemetry};
 
 #[derive(Debug, Parser)]
@@ -41,6 +43,9 @@ enum Command {
     WsGateway(ServeArgs),
     /// The SSE gateway (and the HTTP API), talking to the core over NATS.
     SseGateway(ServeArgs),
+    /// Load generator against a running deployment (a client tool: no
+    /// server flags): fanout, publish, idle or connect; JSON results.
+    Bench(BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,11 +55,30 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Core(args)) => (Role::Core, args),
         Some(Command::WsGateway(args)) => (Role::WsGateway, args),
         Some(Command::SseGateway(args)) => (Role::SseGateway, args),
+        Some(Command::Bench(args)) => return bench(&args),
         None => (Role::Standalone, cli.standalone),
     };
     tokio::runtime::Runtime::new()
         .context("starting the Tokio runtime")?
         .block_on(run(role, args, cli.log_format))
+}
+
+/// Runs one benchmark and prints its report: the JSON line on stdout and/or
+/// the human summary (stderr when both are printed, so stdout stays JSON).
+fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let report = tokio::runtime::Runtime::new()
+        .context("starting the Tokio runtime")?
+        .block_on(switchboard_bench::run(&config))?;
+    match args.format {
+        OutputFormat::Both => {
+            println!("{}", report.json());
+            eprint!("{}", report.human());
+        }
+        OutputFormat::Json => println!("{}", report.json()),
+        OutputFormat::Human => print!("{}", report.human()),
+    }
+    Ok(())
 }
 
 async fn run(role: Role, args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {

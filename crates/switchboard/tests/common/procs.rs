@@ -348,6 +348,11 @@ impl Service {
         format!("ws://{}{path}", self.http)
     }
 
+    /// The process id (for tools that read the server's `/proc` entry).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Resident memory of the process, bytes (from `/proc`).
     pub fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
