@@ -303,6 +303,10 @@ impl Service {
             .args(["--log-format", "json"])
             .args(extra)
             .env("RUST_LOG", "info")
+            // nats-server's store limit follows the free disk; a test core
+            // needs far less than the 1 GiB default bound to be ready (an
+            // explicit --jetstream-max-bytes still wins over this).
+            .env("SWITCHBOARD_JETSTREAM_MAX_BYTES", "64MB")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
