@@ -12,16 +12,7 @@ use std::time::Duration;
 
 /// Limits high enough that the bench measures the server, not its abuse
 /// defences.
-const UNLIMITED: &[&str] = &[
-    "--publish-rate",
-    "1000000",
-    "--publish-burst",
-    "1000000",
-    "--ip-publish-rate",
-    "1000000",
-    "--ip-publish-burst",
-    "1000000",
-];
+const UNLIMITED: &[&str] = &common::UNTHROTTLED;
 
 /// Upper bound of one bench process in these tests.
 const BENCH_WAIT: Duration = Duration::from_secs(40);

@@ -6,7 +6,7 @@
 mod common;
 
 use common::procs::Service;
-use common::{Ended, TestServer, WAIT, Ws};
+use common::{Ended, TestServer, UNTHROTTLED, WAIT, Ws};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -16,18 +16,6 @@ use tokio_tungstenite::tungstenite::Message;
 const MIB: u64 = 1024 * 1024;
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Limits out of the way, so that only the bound under test applies.
-const UNTHROTTLED: [&str; 8] = [
-    "--publish-rate",
-    "1000000",
-    "--publish-burst",
-    "1000000",
-    "--ip-publish-rate",
-    "1000000",
-    "--ip-publish-burst",
-    "1000000",
-];
 
 /// Publishes one message into each room over one WebSocket, pipelined (a
 /// reader task counts the acks), and returns the acks.

@@ -16,21 +16,13 @@ use tokio::time::Instant;
 
 /// The room-log stream of the default prefix.
 const STREAM: &str = "SB_ROOMS";
-/// Gateway flags that keep the per-connection and per-user publish limits
-/// out of the way of deliberate floods.
-/// Client limits out of the way: these tests measure the store (the
-/// per-address publish limit follows the per-connection one; the read
+/// Client limits out of the way: these tests measure the store (the read
 /// budget would refuse 800 concurrent history pages from one address).
-const UNTHROTTLED: [&str; 8] = [
-    "--publish-rate",
-    "100000",
-    "--publish-burst",
-    "100000",
-    "--history-rate",
-    "1000000",
-    "--history-burst",
-    "1000000",
-];
+fn unthrottled() -> Vec<&'static str> {
+    let mut flags = common::UNTHROTTLED.to_vec();
+    flags.extend(["--history-rate", "1000000", "--history-burst", "1000000"]);
+    flags
+}
 
 /// POSTs a message through a gateway's HTTP API: status and JSON body.
 async fn post(
@@ -126,7 +118,7 @@ async fn reused_id_after_the_window(cores: usize) {
     let cores: Vec<Service> = (0..cores)
         .map(|_| Service::start("core", &nats.url(), &["--dedup-window", "2s"]))
         .collect();
-    let gateway = Service::start("ws-gateway", &nats.url(), &UNTHROTTLED);
+    let gateway = Service::start("ws-gateway", &nats.url(), &unthrottled());
     for service in cores.iter().chain([&gateway]) {
         service.wait_ready(true).await;
     }
@@ -276,7 +268,7 @@ async fn a_flood_discards_old_events_instead_of_filling_the_store() {
         &nats.url(),
         &["--jetstream-max-bytes", "1MB", "--retention-count", "5000"],
     );
-    let gateway = Service::start("ws-gateway", &nats.url(), &UNTHROTTLED);
+    let gateway = Service::start("ws-gateway", &nats.url(), &unthrottled());
     core.wait_ready(true).await;
     gateway.wait_ready(true).await;
     let client = reqwest::Client::new();
@@ -383,7 +375,7 @@ async fn history_reads_only_what_it_returns_and_leaves_no_consumer() {
         },
     );
     let core = Service::start("core", &nats.url(), &[]);
-    let mut gateway_flags = UNTHROTTLED.to_vec();
+    let mut gateway_flags = unthrottled();
     gateway_flags.extend(["--nats-request-timeout", "30s"]);
     let gateway = std::sync::Arc::new(Service::start("ws-gateway", &nats.url(), &gateway_flags));
     core.wait_ready(true).await;
@@ -540,7 +532,7 @@ async fn old_cursor_resume_replays_exactly_once_or_says_not_recovered() {
         },
     );
     let core = Service::start("core", &nats.url(), &["--retention-count", "100"]);
-    let gateway = Service::start("ws-gateway", &nats.url(), &UNTHROTTLED);
+    let gateway = Service::start("ws-gateway", &nats.url(), &unthrottled());
     core.wait_ready(true).await;
     gateway.wait_ready(true).await;
     let client = reqwest::Client::new();

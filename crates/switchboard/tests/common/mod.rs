@@ -23,6 +23,19 @@ use tonic::transport::Channel;
 /// Upper bound of any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Publish limits (per connection, per user and per client address) out
+/// of the way, for tests that measure something else.
+pub const UNTHROTTLED: [&str; 8] = [
+    "--publish-rate",
+    "1000000",
+    "--publish-burst",
+    "1000000",
+    "--ip-publish-rate",
+    "1000000",
+    "--ip-publish-burst",
+    "1000000",
+];
+
 #[derive(Parser)]
 struct TestCli {
     #[command(flatten)]
