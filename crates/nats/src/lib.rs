@@ -21,6 +21,7 @@ mod client;
 mod config;
 mod error;
 mod presence;
+mod read_consumer;
 mod service;
 mod store;
 mod subjects;

@@ -16,8 +16,9 @@
 //! Listing a room reads only that room's keys (a consumer filtered on
 //! `<room>.*`, last value per key), so its cost follows the room's size.
 
+use crate::read_consumer;
 use crate::{NatsConfig, NatsError, StorageKind};
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::kv::{self, Operation};
 use async_nats::jetstream::stream::StorageType;
 use async_nats::jetstream::{self as js};
@@ -70,9 +71,6 @@ impl Member {
 const CAS_ATTEMPTS: usize = 16;
 /// Entries fetched per round trip when a room or the bucket is listed.
 const SCAN_BATCH: usize = 1_000;
-/// A listing consumer the server forgets by itself if we could not
-/// delete it (connection lost mid-scan).
-const SCAN_IDLE: Duration = Duration::from_secs(5);
 
 pub(crate) struct PresenceStore {
     kv: kv::Store,
@@ -427,7 +425,7 @@ impl PresenceStore {
     /// matching `filter` (a key pattern, e.g. `room.*`), tombstones
     /// skipped. A short-lived consumer filtered server-side does the
     /// reading, bounded by `limit`, and is deleted afterwards (or
-    /// forgotten by the server after `SCAN_IDLE`).
+    /// forgotten by the server after a few idle seconds).
     async fn scan(
         &self,
         filter: &str,
@@ -435,18 +433,13 @@ impl PresenceStore {
         mut visit: impl FnMut(&str, &[u8]),
     ) -> Result<(), BusError> {
         let stream = &self.kv.stream;
-        let consumer = stream
-            .create_consumer(pull::Config {
-                filter_subject: format!("{}{filter}", self.kv.prefix),
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                ack_policy: AckPolicy::None,
-                inactive_threshold: SCAN_IDLE,
-                memory_storage: true,
-                num_replicas: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(unavailable)?;
+        let consumer = read_consumer::create(
+            stream,
+            format!("{}{filter}", self.kv.prefix),
+            DeliverPolicy::LastPerSubject,
+        )
+        .await
+        .map_err(unavailable)?;
         let name = consumer.cached_info().name.clone();
         let mut pending = consumer.cached_info().num_pending;
         let read = tokio::time::timeout(limit, async {
@@ -478,9 +471,7 @@ impl PresenceStore {
             Ok::<_, BusError>(())
         })
         .await;
-        if let Err(err) = stream.delete_consumer(&name).await {
-            tracing::debug!(%err, consumer = %name, "presence listing consumer not deleted; it expires");
-        }
+        read_consumer::delete(stream, &name).await;
         match read {
             Ok(result) => result,
             Err(_) => Err(unavailable("listing timed out")),

@@ -1,8 +1,9 @@
 //! The room logs in JetStream: one stream, one subject per room.
 
+use crate::read_consumer;
 use crate::wire::{self, EPOCH_HEADER};
 use crate::{NatsConfig, NatsError, StorageKind, Subjects};
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{
@@ -29,9 +30,6 @@ const APPEND_ATTEMPTS: usize = 64;
 const DIRECT_READS: usize = 16;
 /// Messages asked for per fetch of a read consumer.
 const CONSUMER_BATCH: usize = 256;
-/// A read consumer is deleted when its read ends; should that delete be
-/// lost (disconnect, crash), the server removes it after this idle time.
-const CONSUMER_INACTIVE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Per-room state kept for at most this many rooms before it is reset.
 const MAX_CACHED_ROOMS: usize = 100_000;
 
@@ -384,21 +382,15 @@ impl RoomLogs {
         }
         // Long ones with a consumer: cheaper in bulk, but a server object,
         // so it lives only for this call.
-        let mut consumer = self
-            .stream
-            .create_consumer(pull::Config {
-                filter_subject: subject,
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: next,
-                },
-                ack_policy: AckPolicy::None,
-                inactive_threshold: CONSUMER_INACTIVE,
-                memory_storage: true,
-                num_replicas: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(unavailable)?;
+        let mut consumer = read_consumer::create(
+            &self.stream,
+            subject,
+            DeliverPolicy::ByStartSequence {
+                start_sequence: next,
+            },
+        )
+        .await
+        .map_err(unavailable)?;
         let name = consumer.cached_info().name.clone();
         let pending = consumer.cached_info().num_pending;
         let read = if pending == 0 {
@@ -409,9 +401,7 @@ impl RoomLogs {
         };
         // Explicitly, not only by the inactivity threshold: hundreds of
         // concurrent reads must not leave hundreds of consumers behind.
-        if let Err(err) = self.stream.delete_consumer(&name).await {
-            tracing::debug!(%err, consumer = %name, "read consumer not deleted; it expires");
-        }
+        read_consumer::delete(&self.stream, &name).await;
         read.map(|()| events)
     }
 
