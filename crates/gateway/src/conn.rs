@@ -58,6 +58,10 @@ impl ConnControl {
 }
 
 /// What is queued for a connection's writer, in order.
+///
+/// Kept at 24 bytes: every connection's queue allocates its first block of
+/// slots up front, and the hot variant is a pointer to a shared event, so
+/// the rare, large variants are boxed.
 #[derive(Debug)]
 pub enum Outbound {
     /// A live event of a room the connection is subscribed to.
@@ -67,24 +71,38 @@ pub enum Outbound {
     Subscribing(RoomName),
     /// The subscription is live: send `subscribed`, then `replay`, then the
     /// held live events that come after it.
-    Subscribed {
-        room: RoomName,
-        head: Cursor,
-        recovered: bool,
-        replay: Vec<Arc<SharedEvent>>,
-    },
-    /// Stop delivering the room, then send `frame` (an `unsubscribed`
+    Subscribed(Box<Subscribed>),
+    /// Stop delivering the room, then send the frame (an `unsubscribed`
     /// confirmation or the error that ended a failed subscribe).
-    Ended(RoomName, ServerFrame),
+    Ended(Box<(RoomName, ServerFrame)>),
     /// Any other reply, in order with the events.
-    Frame(ServerFrame),
+    Frame(Box<ServerFrame>),
 }
 
-/// What a transport writes, in order.
+/// Where a subscription's replay ends and live delivery starts.
+#[derive(Debug)]
+pub struct Subscribed {
+    pub room: RoomName,
+    pub head: Cursor,
+    pub recovered: bool,
+    pub replay: Vec<Arc<SharedEvent>>,
+}
+
+impl Outbound {
+    pub fn frame(frame: ServerFrame) -> Self {
+        Self::Frame(Box::new(frame))
+    }
+
+    pub fn ended(room: RoomName, frame: ServerFrame) -> Self {
+        Self::Ended(Box::new((room, frame)))
+    }
+}
+
+/// What a transport writes, in order; two words, like [`Outbound`].
 #[derive(Debug)]
 pub enum Deliver {
     Event(Arc<SharedEvent>),
-    Frame(ServerFrame),
+    Frame(Box<ServerFrame>),
 }
 
 enum RoomDelivery {
@@ -118,17 +136,27 @@ impl Delivery {
 
     /// Turns a batch of queued items into what to write. A connection that
     /// overflows while holding events is closed as a slow consumer.
+    ///
+    /// Takes what is queued now, up to `max` items, without waiting, and
+    /// appends the writes to `out`, which the caller reuses from batch to
+    /// batch: no allocation per delivery.
     pub fn accept_batch(
         &mut self,
-        items: impl IntoIterator<Item = Outbound>,
+        first: Outbound,
+        queue: &mut crate::queue::QueueReceiver,
+        max: usize,
         control: &ConnControl,
-    ) -> Vec<Deliver> {
-        let mut out = Vec::new();
-        for item in items {
-            if self.accept(item, &mut out).is_err() {
+        out: &mut Vec<Deliver>,
+    ) {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(item) = next {
+            if self.accept(item, out).is_err() {
                 metrics::counter!(switchboard_telemetry::names::SLOW_CONSUMER_DROPS).increment(1);
                 control.close(CloseReason::SlowConsumer);
             }
+            taken += 1;
+            next = if taken < max { queue.try_recv() } else { None };
         }
         // Append → hand-over to the socket writer, which writes at once.
         let now_ms = std::time::SystemTime::now()
@@ -138,13 +166,12 @@ impl Delivery {
             switchboard_telemetry::names::DELIVERY_LATENCY,
             "transport" => self.transport
         );
-        for write in &out {
+        for write in out.iter() {
             if let Deliver::Event(event) = write {
                 let age_ms = now_ms.saturating_sub(event.event().ts_unix_ms).max(0);
                 latency.record(age_ms as f64 / 1000.0);
             }
         }
-        out
     }
 
     /// Turns one queued item into what to write, appended to `out`.
@@ -171,21 +198,22 @@ impl Delivery {
             Outbound::Subscribing(room) => {
                 self.rooms.insert(room, RoomDelivery::Holding(Vec::new()));
             }
-            Outbound::Subscribed {
-                room,
-                head,
-                recovered,
-                replay,
-            } => {
+            Outbound::Subscribed(subscribed) => {
+                let Subscribed {
+                    room,
+                    head,
+                    recovered,
+                    replay,
+                } = *subscribed;
                 let held = match self.rooms.remove(&room) {
                     Some(RoomDelivery::Holding(held)) => held,
                     _ => Vec::new(),
                 };
-                out.push(Deliver::Frame(ServerFrame::Subscribed {
+                out.push(Deliver::Frame(Box::new(ServerFrame::Subscribed {
                     room: room.to_string(),
                     cursor: head.to_string(),
                     recovered,
-                }));
+                })));
                 // Replay is exactly (since, head]; held live events may
                 // repeat its tail and are filtered against the head.
                 out.extend(replay.into_iter().map(Deliver::Event));
@@ -198,9 +226,10 @@ impl Delivery {
                 }
                 self.rooms.insert(room, RoomDelivery::Live(last));
             }
-            Outbound::Ended(room, frame) => {
+            Outbound::Ended(ended) => {
+                let (room, frame) = *ended;
                 self.rooms.remove(&room);
-                out.push(Deliver::Frame(frame));
+                out.push(Deliver::Frame(Box::new(frame)));
             }
             Outbound::Frame(frame) => out.push(Deliver::Frame(frame)),
         }
@@ -252,21 +281,20 @@ mod tests {
         }
         assert!(out.is_empty(), "held until subscribed");
         d.accept(
-            Outbound::Subscribed {
+            Outbound::Subscribed(Box::new(Subscribed {
                 room: room.clone(),
                 head: "e:5".parse().expect("cursor"),
                 recovered: true,
                 replay: vec![ev(3), ev(4), ev(5)],
-            },
+            })),
             &mut out,
         )
         .expect("ok");
         d.accept(Outbound::Event(ev(6)), &mut out).expect("ok");
         d.accept(Outbound::Event(ev(7)), &mut out).expect("ok");
-        assert!(matches!(
-            out[0],
-            Deliver::Frame(ServerFrame::Subscribed { .. })
-        ));
+        assert!(
+            matches!(&out[0], Deliver::Frame(frame) if matches!(**frame, ServerFrame::Subscribed { .. }))
+        );
         assert_eq!(offsets(&out), vec![3, 4, 5, 6, 7]);
     }
 
@@ -279,5 +307,11 @@ mod tests {
         d.accept(Outbound::Event(ev(1)), &mut out).expect("ok");
         d.accept(Outbound::Event(ev(2)), &mut out).expect("ok");
         assert!(d.accept(Outbound::Event(ev(3)), &mut out).is_err());
+    }
+
+    #[test]
+    fn queue_items_stay_two_or_three_words() {
+        assert!(std::mem::size_of::<Outbound>() <= 24);
+        assert!(std::mem::size_of::<Deliver>() <= 16);
     }
 }

@@ -9,13 +9,14 @@
 //! the others. The only locks per event are the room's own.
 
 use crate::conn::{CloseReason, ConnControl, Outbound};
+use crate::queue::{QueueSender, TrySendError};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use switchboard_bus::{Bus, BusError, FeedItem, TraceCarrier};
 use switchboard_protocol::{Cursor, RoomName, SharedEvent};
 use switchboard_telemetry::{TRACE_TARGET, names};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 /// Retries of a repair while the core is unreachable (50 ms doubling:
@@ -26,7 +27,7 @@ const REPAIR_FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis
 /// A connection's end of the fan-out.
 #[derive(Clone, Debug)]
 pub struct Subscriber {
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: QueueSender,
     pub control: Arc<ConnControl>,
 }
 
@@ -334,8 +335,7 @@ impl RoomFanOut<'_> {
             if subscriber.control.is_closed() {
                 continue;
             }
-            if let Err(mpsc::error::TrySendError::Full(_)) =
-                subscriber.tx.try_send(Outbound::Event(event.clone()))
+            if let Err(TrySendError::Full) = subscriber.tx.try_send(Outbound::Event(event.clone()))
             {
                 metrics::counter!(names::SLOW_CONSUMER_DROPS).increment(1);
                 subscriber.control.close(CloseReason::SlowConsumer);
@@ -359,7 +359,7 @@ mod tests {
 
     fn subscriber() -> Subscriber {
         Subscriber {
-            tx: mpsc::channel(8).0,
+            tx: crate::queue::channel(8).0,
             control: ConnControl::new(),
         }
     }

@@ -17,10 +17,11 @@ mod hub;
 mod limits;
 mod net;
 mod ops;
+pub mod queue;
 mod ratelimit;
 mod session;
 
-pub use conn::{CloseReason, ConnControl, Deliver, Delivery, Outbound, Overflow};
+pub use conn::{CloseReason, ConnControl, Deliver, Delivery, Outbound, Overflow, Subscribed};
 pub use error::GatewayError;
 pub use http::{error_response, request_token, status_of};
 pub use hub::{Hub, Subscriber};
@@ -40,7 +41,6 @@ use switchboard_bus::{Bus, PublishAck};
 use switchboard_core::{HistoryQuery, PublishRequest};
 use switchboard_protocol::{Cursor, ErrorCode, RoomName, SharedEvent};
 use switchboard_telemetry::names;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -227,7 +227,7 @@ impl Gateway {
         identity: Identity,
         transport: Transport,
         peer: Option<IpAddr>,
-    ) -> (Session, mpsc::Receiver<Outbound>) {
+    ) -> (Session, queue::QueueReceiver) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let conn_key = format!("{}-{id}", self.instance);
         Session::new(self.clone(), id, conn_key, identity, transport, peer)

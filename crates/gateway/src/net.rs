@@ -56,6 +56,12 @@ impl axum::serve::Listener for Listener {
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
+                    // Replies and events are small frames written as they
+                    // happen: Nagle would hold each one behind the previous
+                    // one's ACK (40 ms with a delayed-ACK peer).
+                    if let Err(err) = stream.set_nodelay(true) {
+                        tracing::debug!(%err, "TCP_NODELAY not set");
+                    }
                     return (TimedStream::new(stream, self.write_timeout), Peer(addr));
                 }
                 Err(err) if is_connection_error(&err) => {}

@@ -3,8 +3,9 @@
 //! to [`Session::handle`], and writes what arrives on the session's queue;
 //! everything the protocol decides happens here, once.
 
-use crate::conn::{CloseReason, ConnControl, Outbound};
+use crate::conn::{CloseReason, ConnControl, Outbound, Subscribed};
 use crate::hub::Subscriber;
+use crate::queue::{self, QueueReceiver, QueueSender};
 use crate::ratelimit::TokenBucket;
 use crate::{Gateway, GatewayError, Transport};
 use std::collections::HashSet;
@@ -16,7 +17,6 @@ use switchboard_bus::PublishAck;
 use switchboard_protocol::frames::{BadFrame, ClientFrame, ServerFrame};
 use switchboard_protocol::{Cursor, ErrorCode, RoomName};
 use switchboard_telemetry::names;
-use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 /// How many times the publish rate any frame may arrive at.
@@ -40,7 +40,7 @@ pub struct Session {
     reads: TokenBucket,
     /// The client's address, for per-address limits.
     peer: Option<IpAddr>,
-    tx: mpsc::Sender<Outbound>,
+    tx: QueueSender,
     control: Arc<ConnControl>,
     expiry: Option<AbortHandle>,
 }
@@ -53,10 +53,10 @@ impl Session {
         identity: Identity,
         transport: Transport,
         peer: Option<IpAddr>,
-    ) -> (Self, mpsc::Receiver<Outbound>) {
+    ) -> (Self, QueueReceiver) {
         let limits = gateway.limits();
         let reads = TokenBucket::new(limits.read_rate, limits.read_burst);
-        let (tx, rx) = mpsc::channel(limits.outbound_queue.max(1));
+        let (tx, rx) = queue::channel(limits.outbound_queue);
         let bucket = TokenBucket::new(limits.publish_rate, limits.publish_burst);
         let frames = TokenBucket::new(
             limits.publish_rate * FRAME_BUDGET_FACTOR,
@@ -180,7 +180,7 @@ impl Session {
             ClientFrame::Ping => (None, Ok(ServerFrame::Pong)),
         };
         let frame = outcome.unwrap_or_else(|err| self.error_frame(id, &err));
-        self.push(Outbound::Frame(frame)).await;
+        self.push(Outbound::frame(frame)).await;
     }
 
     /// Answers a frame that could not be parsed; the connection stays open.
@@ -191,7 +191,7 @@ impl Session {
         }
         let err = GatewayError::refused(ErrorCode::BadFrame, bad.message);
         let frame = self.error_frame(bad.id, &err);
-        self.push(Outbound::Frame(frame)).await;
+        self.push(Outbound::frame(frame)).await;
     }
 
     async fn flooding(&mut self, id: Option<String>) {
@@ -201,13 +201,13 @@ impl Session {
             "too many frames; slow down (this frame was not executed)",
         );
         let frame = self.error_frame(id, &err);
-        self.push(Outbound::Frame(frame)).await;
+        self.push(Outbound::frame(frame)).await;
     }
 
     /// Queues an error frame for a refusal the transport detected.
     pub async fn reject_with(&mut self, id: Option<String>, err: &GatewayError) {
         let frame = self.error_frame(id, err);
-        self.push(Outbound::Frame(frame)).await;
+        self.push(Outbound::frame(frame)).await;
     }
 
     fn error_frame(&self, id: Option<String>, err: &GatewayError) -> ServerFrame {
@@ -226,8 +226,8 @@ impl Session {
         if let Err(err) = &outcome {
             let frame = self.error_frame(None, err);
             let item = match RoomName::parse(room) {
-                Ok(room) if !self.rooms.contains(&room) => Outbound::Ended(room, frame),
-                _ => Outbound::Frame(frame),
+                Ok(room) if !self.rooms.contains(&room) => Outbound::ended(room, frame),
+                _ => Outbound::frame(frame),
             };
             self.push(item).await;
         }
@@ -279,12 +279,12 @@ impl Session {
         }
         tracing::debug!(%room, head = %resume.head, recovered = resume.recovered, replay = resume.events.len(), "subscribed");
         let gateway = self.gateway.clone();
-        self.push(Outbound::Subscribed {
+        self.push(Outbound::Subscribed(Box::new(Subscribed {
             room: room.clone(),
             head: resume.head,
             recovered: resume.recovered,
             replay: resume.events,
-        })
+        })))
         .await;
         if let Err(err) = gateway
             .bus()
@@ -335,7 +335,7 @@ impl Session {
         let frame = ServerFrame::Unsubscribed {
             room: room.to_string(),
         };
-        self.push(Outbound::Ended(room, frame)).await;
+        self.push(Outbound::ended(room, frame)).await;
         Ok(())
     }
 

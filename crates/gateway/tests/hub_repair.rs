@@ -6,9 +6,9 @@
 use std::time::Duration;
 use switchboard_bus::{Bus, MemoryBus};
 use switchboard_core::{CoreConfig, PublishRequest};
+use switchboard_gateway::queue;
 use switchboard_gateway::{ConnControl, Hub, Outbound, Subscriber};
 use switchboard_protocol::RoomName;
-use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "current_thread")]
 async fn lagging_feed_is_repaired_from_history() {
@@ -18,7 +18,7 @@ async fn lagging_feed_is_repaired_from_history() {
     });
     let hub = Hub::new(bus.clone());
     let room = RoomName::parse("lag").expect("room");
-    let (tx, mut rx) = mpsc::channel(1000);
+    let (tx, mut rx) = queue::channel(1000);
     let control = ConnControl::new();
     hub.subscribe(
         &room,
@@ -75,9 +75,9 @@ async fn full_queue_closes_only_the_slow_subscriber() {
     let bus = MemoryBus::new(CoreConfig::default());
     let hub = Hub::new(bus.clone());
     let room = RoomName::parse("slow").expect("room");
-    let (slow_tx, _slow_rx) = mpsc::channel(2);
+    let (slow_tx, _slow_rx) = queue::channel(2);
     let slow = ConnControl::new();
-    let (fast_tx, mut fast_rx) = mpsc::channel(100);
+    let (fast_tx, mut fast_rx) = queue::channel(100);
     let fast = ConnControl::new();
     hub.subscribe(
         &room,
@@ -136,7 +136,7 @@ async fn a_lag_before_the_first_event_is_repaired_too() {
     });
     let hub = Hub::new(bus.clone());
     let room = RoomName::parse("early").expect("room");
-    let (tx, mut rx) = mpsc::channel(1000);
+    let (tx, mut rx) = queue::channel(1000);
     let control = ConnControl::new();
     hub.subscribe(
         &room,

@@ -128,11 +128,15 @@ impl pb::chat_server::Chat for ChatApi {
                 .map_err(|_| pump::close_status(CloseReason::SlowConsumer))?;
             for write in writes {
                 match write {
-                    Deliver::Frame(ServerFrame::Subscribed {
-                        cursor, recovered, ..
-                    }) => subscribed = Some((cursor, recovered)),
+                    Deliver::Frame(frame) => {
+                        if let ServerFrame::Subscribed {
+                            cursor, recovered, ..
+                        } = *frame
+                        {
+                            subscribed = Some((cursor, recovered));
+                        }
+                    }
                     Deliver::Event(event) => initial.push(WireEvent::shared(event)),
-                    Deliver::Frame(_) => {}
                 }
             }
         }

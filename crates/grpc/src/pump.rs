@@ -2,12 +2,13 @@
 //! through [`Delivery`] into the response stream, and ends the stream with
 //! a status that says why the server closed it.
 
-use switchboard_gateway::{CloseReason, ConnControl, Deliver, Delivery, Gateway, Outbound};
+use switchboard_gateway::queue::QueueReceiver;
+use switchboard_gateway::{CloseReason, ConnControl, Deliver, Delivery, Gateway};
 use switchboard_telemetry::names;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-const WRITE_BATCH: usize = 64;
+const WRITE_BATCH: usize = 32;
 
 pub(crate) type Out<T> = mpsc::Sender<Result<T, Status>>;
 
@@ -38,28 +39,26 @@ pub(crate) async fn send<T>(out: &Out<T>, control: &ConnControl, item: T) -> boo
 /// closes the connection. The caller drops the session when this returns,
 /// so the client leaves presence and the connection gauge at once.
 pub(crate) async fn pump<T: Send + 'static>(
-    mut queue: mpsc::Receiver<Outbound>,
+    mut queue: QueueReceiver,
     mut delivery: Delivery,
     control: &ConnControl,
     gateway: &Gateway,
     out: &Out<T>,
     map: impl Fn(Deliver) -> Option<T>,
 ) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut writes: Vec<Deliver> = Vec::new();
     let reason = loop {
         tokio::select! {
             biased;
             reason = control.closed() => break reason,
             () = out.closed() => return,
             () = gateway.shutdown().cancelled() => control.close(CloseReason::Shutdown),
-            count = queue.recv_many(&mut batch, WRITE_BATCH) => {
-                if count == 0 {
-                    return;
-                }
-                let writes = delivery.accept_batch(batch.drain(..), control);
+            item = queue.recv() => {
+                let Some(item) = item else { return };
+                delivery.accept_batch(item, &mut queue, WRITE_BATCH, control, &mut writes);
                 let mut events = 0u64;
                 let mut gone = false;
-                for write in writes {
+                for write in writes.drain(..) {
                     events += u64::from(matches!(write, Deliver::Event(_)));
                     if let Some(item) = map(write)
                         && !send(out, control, item).await
@@ -69,6 +68,9 @@ pub(crate) async fn pump<T: Send + 'static>(
                     }
                 }
                 metrics::counter!(names::MESSAGES_OUT, "transport" => "grpc").increment(events);
+                if writes.capacity() > 4 * WRITE_BATCH {
+                    writes = Vec::new();
+                }
                 if gone {
                     if let Some(reason) = control.reason() {
                         break reason;

@@ -79,11 +79,13 @@ fn to_chat_message(write: Deliver) -> Option<ChatMessage> {
         },
         // The seed protocol has no error frame: errors become notices from
         // the system user, sent to this client only.
-        Deliver::Frame(ServerFrame::Error { code, message, .. }) => Some(ChatMessage {
-            user: SYSTEM_USER.into(),
-            message: format!("error {code}: {message}"),
-        }),
-        Deliver::Frame(_) => None,
+        Deliver::Frame(frame) => match *frame {
+            ServerFrame::Error { code, message, .. } => Some(ChatMessage {
+                user: SYSTEM_USER.into(),
+                message: format!("error {code}: {message}"),
+            }),
+            _ => None,
+        },
     }
 }
 

@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+use switchboard_gateway::queue::QueueReceiver;
 use switchboard_gateway::{
     CloseReason, Deliver, Delivery, Gateway, GatewayError, Outbound, Peer, Session, Transport,
     request_token,
@@ -14,12 +15,11 @@ use switchboard_gateway::{
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::{ErrorCode, format_rfc3339_millis};
 use switchboard_telemetry::names;
-use tokio::sync::mpsc;
 use tokio::time::Interval;
 
 /// Tells `EventSource` how long to wait before reconnecting.
 const RETRY_PREAMBLE: &[u8] = b"retry: 2000\n\n";
-const WRITE_BATCH: usize = 64;
+const WRITE_BATCH: usize = 32;
 
 /// `GET /sse/rooms/{room}`: refusals are plain HTTP errors before the
 /// stream starts; after that the stream only carries events.
@@ -60,6 +60,7 @@ pub(crate) async fn sse(
         gateway,
         heartbeat,
         pending: VecDeque::from([Bytes::from_static(RETRY_PREAMBLE)]),
+        writes: Vec::new(),
         finished: false,
     };
     let body = Body::from_stream(futures::stream::unfold(state, EventStream::next));
@@ -81,11 +82,13 @@ pub(crate) async fn sse(
 /// of a slow consumer alone could not end it.
 struct EventStream {
     session: Session,
-    queue: mpsc::Receiver<Outbound>,
+    queue: QueueReceiver,
     delivery: Delivery,
     gateway: Arc<Gateway>,
     heartbeat: Interval,
     pending: VecDeque<Bytes>,
+    /// Reused from batch to batch, so a delivery allocates nothing.
+    writes: Vec<Deliver>,
     finished: bool,
 }
 
@@ -99,16 +102,13 @@ impl EventStream {
                 return None;
             }
             let control = self.session.control().clone();
-            let mut batch = Vec::with_capacity(WRITE_BATCH);
             tokio::select! {
                 biased;
                 reason = control.closed() => self.finish(reason),
                 () = self.gateway.shutdown().cancelled() => self.finish(CloseReason::Shutdown),
-                count = self.queue.recv_many(&mut batch, WRITE_BATCH) => {
-                    if count == 0 {
-                        return None;
-                    }
-                    self.encode(batch);
+                item = self.queue.recv() => {
+                    let item = item?;
+                    self.encode(item);
                 }
                 _ = self.heartbeat.tick() => {
                     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
@@ -121,10 +121,16 @@ impl EventStream {
         }
     }
 
-    fn encode(&mut self, batch: Vec<Outbound>) {
-        let writes = self.delivery.accept_batch(batch, self.session.control());
+    fn encode(&mut self, first: Outbound) {
+        self.delivery.accept_batch(
+            first,
+            &mut self.queue,
+            WRITE_BATCH,
+            self.session.control(),
+            &mut self.writes,
+        );
         let mut events = 0u64;
-        for write in writes {
+        for write in self.writes.drain(..) {
             match write {
                 Deliver::Event(event) => {
                     events += 1;
@@ -134,6 +140,10 @@ impl EventStream {
             }
         }
         metrics::counter!(names::MESSAGES_OUT, "transport" => "sse").increment(events);
+        if self.writes.capacity() > 4 * WRITE_BATCH {
+            // A replay grew it; do not keep that per connection.
+            self.writes = Vec::new();
+        }
     }
 
     /// Ends the stream; a client that should not simply reconnect is told

@@ -210,10 +210,24 @@ async fn not_found(uri: Uri) -> Response {
     (axum::http::StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
 
+/// Pending connections the kernel queues before we accept them. std's
+/// 128 overflowed at 200 concurrent connects (a reconnect storm after a
+/// deploy); the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { what, addr, source })
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std and tokio's `bind` do: a restart can rebind at once.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|source| StartError::Bind { what, addr, source })
 }
 
 fn local_addr(

@@ -1,24 +1,27 @@
 use crate::Mode;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use bytes::Bytes;
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
-use std::sync::Arc;
+use crate::frame::Violation;
+use crate::socket::{Incoming, ReadError, WsReader, WsWriter};
+use crate::upgrade::Upgraded;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use switchboard_auth::Identity;
+use switchboard_gateway::queue::QueueReceiver;
 use switchboard_gateway::{
-    CloseReason, ConnControl, Deliver, Delivery, Gateway, Outbound, Peer, Session, Transport,
+    CloseReason, ConnControl, Deliver, Delivery, Gateway, Peer, Session, Transport,
 };
 use switchboard_protocol::ErrorCode;
 use switchboard_protocol::frames::{BadFrame, ClientFrame, ServerFrame};
 use switchboard_telemetry::names;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::Notify;
+
+type Reader = WsReader<ReadHalf<Upgraded>>;
+type Writer = WsWriter<WriteHalf<Upgraded>>;
 
 /// Items drained from the queue per socket flush: batches writes under
 /// load without letting one connection hog its task.
-const WRITE_BATCH: usize = 64;
+const WRITE_BATCH: usize = 32;
 
 /// How long a closing connection may take to flush and send its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -50,13 +53,17 @@ fn close_text(reason: CloseReason) -> &'static str {
     }
 }
 
-/// Liveness clock shared by reader (any inbound frame) and writer (pings).
-struct Liveness {
+/// What the reader and the writer of one connection share (they run in
+/// one task, joined by `select!`).
+struct Shared {
     start: Instant,
     last_seen_ms: AtomicU64,
+    /// A ping's payload waiting for its pong (the reader cannot write).
+    pong: Mutex<Option<Vec<u8>>>,
+    pong_ready: Notify,
 }
 
-impl Liveness {
+impl Shared {
     fn seen(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_seen_ms.store(ms, Ordering::Relaxed);
@@ -68,10 +75,24 @@ impl Liveness {
             self.last_seen_ms.load(Ordering::Relaxed),
         ))
     }
+
+    fn take_pong(&self) -> Option<Vec<u8>> {
+        self.pong.lock().map_or(None, |mut pong| pong.take())
+    }
+}
+
+/// How reading ended.
+enum ReadEnd {
+    /// The peer sent its close frame (with this code).
+    PeerClosed(Option<u16>),
+    /// The peer broke the protocol.
+    Violation(Violation),
+    /// The socket is gone, or we were closing and the peer answered.
+    Done,
 }
 
 pub(crate) async fn run(
-    socket: WebSocket,
+    io: Upgraded,
     gateway: Arc<Gateway>,
     identity: Identity,
     mode: Mode,
@@ -80,78 +101,96 @@ pub(crate) async fn run(
     let (mut session, queue) =
         gateway.open_session(identity, Transport::WebSocket, Some(peer.0.ip()));
     let control = session.control().clone();
-    let liveness = Liveness {
+    let shared = Shared {
         start: Instant::now(),
         last_seen_ms: AtomicU64::new(0),
+        pong: Mutex::new(None),
+        pong_ready: Notify::new(),
     };
-    let (sink, stream) = socket.split();
+    let (read_half, write_half) = tokio::io::split(io);
+    let mut reader = WsReader::new(read_half, gateway.limits().max_frame_bytes);
+    let mut writer = WsWriter::new(write_half);
     if let Mode::Chat(room) = &mode {
-        // Errors are queued for the client like any other reply.
-        let _ = session.subscribe(room.as_str(), None).await;
+        // Errors are queued for the client like any other reply. Boxed,
+        // like every command below: a subscribe's future is kilobytes and
+        // would otherwise sit in every connection's task for its life.
+        let _ = Box::pin(session.subscribe(room.as_str(), None)).await;
     }
-    {
-        let writer = write_loop(sink, queue, &control, &gateway, &liveness);
-        let reader = read_loop(stream, &mut session, &mode, &gateway, &liveness);
+    let ended = {
+        let writer = write_loop(&mut writer, queue, &control, &gateway, &shared);
+        let reader = read_loop(&mut reader, &mut session, &mode, &shared);
         tokio::pin!(writer, reader);
         tokio::select! {
             () = &mut writer => {
                 // We sent a close frame: wait briefly for the peer's reply so
                 // the socket is not torn down under frames it is still reading.
                 let _ = tokio::time::timeout(CLOSE_HANDSHAKE, &mut reader).await;
+                ReadEnd::Done
             }
-            () = &mut reader => {}
+            ended = &mut reader => ended,
         }
+    };
+    let close = match ended {
+        // Echo the peer's code, as the RFC asks.
+        ReadEnd::PeerClosed(code) => Some((code.unwrap_or(1000), "")),
+        ReadEnd::Violation(violation) => Some((violation.close_code(), violation.reason())),
+        ReadEnd::Done => None,
+    };
+    if let Some((code, reason)) = close {
+        writer.close(code, reason);
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            if writer.flush().await.is_ok() {
+                writer.shutdown().await;
+            }
+        })
+        .await;
     }
     tracing::debug!(user = %session.identity().user, reason = ?control.reason(), "websocket closed");
 }
 
 async fn read_loop(
-    mut stream: SplitStream<WebSocket>,
+    reader: &mut Reader,
     session: &mut Session,
     mode: &Mode,
-    gateway: &Gateway,
-    liveness: &Liveness,
-) {
-    let max_frame = gateway.limits().max_frame_bytes;
-    while let Some(message) = stream.next().await {
-        liveness.seen();
+    shared: &Shared,
+) -> ReadEnd {
+    loop {
+        let message = reader.next().await;
+        shared.seen();
         if session.control().is_closed() {
             // Closing: only wait for the peer's close reply.
-            if matches!(message, Ok(Message::Close(_)) | Err(_)) {
-                return;
+            match message {
+                Ok(Incoming::Close(_)) | Err(_) => return ReadEnd::Done,
+                Ok(_) => continue,
             }
-            continue;
         }
-        let message = match message {
-            Ok(message) => message,
-            Err(err) => {
-                if is_capacity_error(err) {
-                    session.control().close(CloseReason::TooLarge);
-                    // The stream is unusable now; the writer sends 1009.
-                    std::future::pending::<()>().await;
-                }
-                return;
-            }
-        };
         match message {
-            Message::Text(text) if text.len() > max_frame => {
-                session.control().close(CloseReason::TooLarge);
-            }
-            Message::Text(text) => handle_text(session, mode, text.as_str()).await,
-            Message::Binary(binary) if binary.len() > max_frame => {
-                session.control().close(CloseReason::TooLarge);
-            }
+            // Boxed: the command futures (publish, subscribe, history…) are
+            // kilobytes, and an idle connection should not carry them.
+            Ok(Incoming::Text(text)) => Box::pin(handle_text(session, mode, text)).await,
             // Refused like any unreadable frame, from the same budget.
-            Message::Binary(_) => {
-                session
-                    .reject(BadFrame {
-                        id: None,
-                        message: "binary frames are not supported; send JSON text frames".into(),
-                    })
-                    .await;
+            Ok(Incoming::Binary) => {
+                Box::pin(session.reject(BadFrame {
+                    id: None,
+                    message: "binary frames are not supported; send JSON text frames".into(),
+                }))
+                .await;
             }
-            Message::Close(_) => return,
-            Message::Ping(_) | Message::Pong(_) => {}
+            Ok(Incoming::Ping(payload)) => {
+                if let Ok(mut pong) = shared.pong.lock() {
+                    *pong = Some(payload.to_vec());
+                }
+                shared.pong_ready.notify_one();
+            }
+            Ok(Incoming::Pong) => {}
+            Ok(Incoming::Close(code)) => return ReadEnd::PeerClosed(code),
+            Err(ReadError::Violation(Violation::TooLarge)) => {
+                // Pending replies are flushed first; the writer sends 1009.
+                session.control().close(CloseReason::TooLarge);
+                std::future::pending::<()>().await;
+            }
+            Err(ReadError::Violation(violation)) => return ReadEnd::Violation(violation),
+            Err(ReadError::Io) => return ReadEnd::Done,
         }
     }
 }
@@ -172,23 +211,19 @@ async fn handle_text(session: &mut Session, mode: &Mode, text: &str) {
     }
 }
 
-fn is_capacity_error(err: axum::Error) -> bool {
-    err.into_inner()
-        .downcast_ref::<tungstenite::Error>()
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
-}
-
 async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut queue: mpsc::Receiver<Outbound>,
+    writer: &mut Writer,
+    mut queue: QueueReceiver,
     control: &Arc<ConnControl>,
     gateway: &Gateway,
-    liveness: &Liveness,
+    shared: &Shared,
 ) {
     let limits = gateway.limits();
     let write_timeout = limits.ping_timeout;
     let mut delivery = Delivery::new(limits.outbound_queue, Transport::WebSocket);
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // Grows to the batch size on first use and is reused; an idle
+    // connection never pays for it.
+    let mut writes: Vec<Deliver> = Vec::new();
     let mut ping = tokio::time::interval(limits.ping_interval);
     ping.tick().await;
     let reason = loop {
@@ -196,72 +231,76 @@ async fn write_loop(
             biased;
             reason = control.closed() => break reason,
             () = gateway.shutdown().cancelled() => control.close(CloseReason::Shutdown),
-            count = queue.recv_many(&mut batch, WRITE_BATCH) => {
-                if count == 0 {
-                    return;
-                }
-                let writes = delivery.accept_batch(batch.drain(..), control);
+            item = queue.recv() => {
+                let Some(item) = item else { return };
+                delivery.accept_batch(item, &mut queue, WRITE_BATCH, control, &mut writes);
+                let events = encode(writer, &mut writes);
                 tokio::select! {
-                    written = tokio::time::timeout(write_timeout, write_all(&mut sink, writes)) => {
+                    written = tokio::time::timeout(write_timeout, writer.flush()) => {
                         if !matches!(written, Ok(Ok(()))) {
                             // A peer that does not read for that long is as good as gone.
                             return;
                         }
+                        metrics::counter!(names::MESSAGES_OUT, "transport" => "websocket").increment(events);
                     }
                     // Closed while the socket was full (a slow consumer):
                     // stop writing events and go straight to the close frame.
                     reason = control.closed() => break reason,
                 }
+                if writes.capacity() > 4 * WRITE_BATCH {
+                    // A replay grew it; do not keep that per connection.
+                    writes = Vec::new();
+                }
+            }
+            () = shared.pong_ready.notified() => {
+                if let Some(payload) = shared.take_pong() {
+                    writer.pong(&payload);
+                    if !matches!(tokio::time::timeout(write_timeout, writer.flush()).await, Ok(Ok(()))) {
+                        return;
+                    }
+                }
             }
             _ = ping.tick() => {
-                if liveness.silent_for() > limits.ping_timeout {
+                if shared.silent_for() > limits.ping_timeout {
                     metrics::counter!(names::PING_FAILURES).increment(1);
                     control.close(CloseReason::PingTimeout);
-                } else if tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await.is_err() {
-                    return;
+                } else {
+                    writer.ping();
+                    if !matches!(tokio::time::timeout(write_timeout, writer.flush()).await, Ok(Ok(()))) {
+                        return;
+                    }
                 }
             }
         }
     };
     // Pending frames are flushed before the close frame; a client that is
     // still reading gets them and then the close code.
-    let _ = tokio::time::timeout(CLOSE_GRACE, close(&mut sink, reason)).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, Box::pin(close(writer, reason))).await;
 }
 
-async fn write_all(
-    sink: &mut SplitSink<WebSocket, Message>,
-    writes: Vec<Deliver>,
-) -> Result<(), axum::Error> {
+/// Encodes a batch into the writer's buffer: each event's JSON is the
+/// shared bytes encoded once for every subscriber. Returns the events.
+fn encode(writer: &mut Writer, writes: &mut Vec<Deliver>) -> u64 {
     let mut events = 0u64;
-    for write in writes {
-        let text = match write {
+    for write in writes.drain(..) {
+        match write {
             Deliver::Event(event) => {
                 events += 1;
-                event.json_frame()
+                writer.text(&event.json_frame());
             }
-            Deliver::Frame(frame) => frame.to_json(),
-        };
-        // Our own JSON encoder produced these bytes: always UTF-8.
-        let text = Utf8Bytes::try_from(text).unwrap_or_else(|_| Utf8Bytes::from_static("{}"));
-        sink.feed(Message::Text(text)).await?;
-    }
-    sink.flush().await?;
-    metrics::counter!(names::MESSAGES_OUT, "transport" => "websocket").increment(events);
-    Ok(())
-}
-
-async fn close(sink: &mut SplitSink<WebSocket, Message>, reason: CloseReason) {
-    if reason == CloseReason::TokenExpired {
-        let frame = ServerFrame::error(ErrorCode::Unauthorized, "token expired");
-        if let Ok(text) = Utf8Bytes::try_from(frame.to_json()) {
-            let _ = sink.send(Message::Text(text)).await;
+            Deliver::Frame(frame) => writer.text(&frame.to_json()),
         }
     }
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code: close_code(reason),
-            reason: Utf8Bytes::from_static(close_text(reason)),
-        })))
-        .await;
-    let _ = sink.close().await;
+    events
+}
+
+async fn close(writer: &mut Writer, reason: CloseReason) {
+    if reason == CloseReason::TokenExpired {
+        let frame = ServerFrame::error(ErrorCode::Unauthorized, "token expired");
+        writer.text(&frame.to_json());
+    }
+    writer.close(close_code(reason), close_text(reason));
+    if writer.flush().await.is_ok() {
+        writer.shutdown().await;
+    }
 }

@@ -9,9 +9,11 @@
 //! `switchboard-gateway`'s `Session`.
 
 mod connection;
+mod frame;
+mod socket;
+mod upgrade;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +22,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 use switchboard_gateway::{Gateway, GatewayError, Peer, request_token};
 use switchboard_protocol::{ErrorCode, RoomName};
+use upgrade::WsUpgrade;
 
 /// The subprotocol of the JSON protocol; also what a client gets when it
 /// asks for none.
@@ -56,7 +59,7 @@ async fn ws_json(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Query(params): Query<ConnectParams>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: WsUpgrade,
 ) -> Response {
     accept(gateway, peer, params, headers, upgrade, false)
 }
@@ -66,7 +69,7 @@ async fn ws_chat(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Query(params): Query<ConnectParams>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: WsUpgrade,
 ) -> Response {
     accept(gateway, peer, params, headers, upgrade, true)
 }
@@ -78,7 +81,7 @@ fn accept(
     peer: Peer,
     params: ConnectParams,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: WsUpgrade,
     chat: bool,
 ) -> Response {
     if gateway.is_draining() {
@@ -107,10 +110,5 @@ fn accept(
     } else {
         Mode::Json
     };
-    let max = gateway.limits().max_frame_bytes;
-    upgrade
-        .protocols([SUBPROTOCOL])
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| connection::run(socket, gateway, identity, mode, peer))
+    upgrade.on_upgrade(move |socket| connection::run(socket, gateway, identity, mode, peer))
 }
