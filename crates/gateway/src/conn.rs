@@ -3,6 +3,7 @@
 //! duplicate-free stream per room.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::{Cursor, RoomName, SharedEvent};
@@ -31,6 +32,9 @@ pub enum CloseReason {
 pub struct ConnControl {
     token: CancellationToken,
     reason: OnceLock<CloseReason>,
+    /// Read per delivery by the hub: an atomic load, where the token's
+    /// `is_cancelled` takes its node's mutex (2.7% of a fan-out profile).
+    closed: AtomicBool,
 }
 
 impl ConnControl {
@@ -40,6 +44,7 @@ impl ConnControl {
 
     pub fn close(&self, reason: CloseReason) {
         let _ = self.reason.set(reason);
+        self.closed.store(true, Ordering::Release);
         self.token.cancel();
     }
 
@@ -53,7 +58,7 @@ impl ConnControl {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.token.is_cancelled()
+        self.closed.load(Ordering::Acquire)
     }
 }
 

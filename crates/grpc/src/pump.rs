@@ -28,8 +28,15 @@ pub(crate) fn close_status(reason: CloseReason) -> Status {
 
 /// Sends unless the connection is closing; false when the stream is over.
 pub(crate) async fn send<T>(out: &Out<T>, control: &ConnControl, item: T) -> bool {
+    // The common case needs no waiting, and no close watch registered per
+    // delivery.
+    let item = match out.try_send(Ok(item)) {
+        Ok(()) => return true,
+        Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        Err(mpsc::error::TrySendError::Full(item)) => item,
+    };
     tokio::select! {
-        sent = out.send(Ok(item)) => sent.is_ok(),
+        sent = out.send(item) => sent.is_ok(),
         _ = control.closed() => false,
     }
 }
@@ -47,12 +54,22 @@ pub(crate) async fn pump<T: Send + 'static>(
     map: impl Fn(Deliver) -> Option<T>,
 ) {
     let mut writes: Vec<Deliver> = Vec::new();
+    // Made once, not per batch: each registers with its token under that
+    // token's mutex, and the shutdown token is shared by every connection.
+    let closed = control.closed();
+    let client_gone = out.closed();
+    let shutdown = gateway.shutdown().cancelled();
+    tokio::pin!(closed, client_gone, shutdown);
+    let mut shutting_down = false;
     let reason = loop {
         tokio::select! {
             biased;
-            reason = control.closed() => break reason,
-            () = out.closed() => return,
-            () = gateway.shutdown().cancelled() => control.close(CloseReason::Shutdown),
+            reason = &mut closed => break reason,
+            () = &mut client_gone => return,
+            () = &mut shutdown, if !shutting_down => {
+                shutting_down = true;
+                control.close(CloseReason::Shutdown);
+            }
             item = queue.recv() => {
                 let Some(item) = item else { return };
                 delivery.accept_batch(item, &mut queue, WRITE_BATCH, control, &mut writes);

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use switchboard_gateway::queue::QueueReceiver;
@@ -53,11 +54,19 @@ pub(crate) async fn sse(
         tokio::time::Instant::now() + gateway.limits().sse_heartbeat,
         gateway.limits().sse_heartbeat,
     );
+    let control = session.control().clone();
+    let shutdown = gateway.shutdown().clone();
+    let ended = Box::pin(async move {
+        tokio::select! {
+            reason = control.closed() => reason,
+            () = shutdown.cancelled() => CloseReason::Shutdown,
+        }
+    });
     let state = EventStream {
+        ended,
         delivery: Delivery::new(gateway.limits().outbound_queue, Transport::Sse),
         session,
         queue,
-        gateway,
         heartbeat,
         pending: VecDeque::from([Bytes::from_static(RETRY_PREAMBLE)]),
         writes: Vec::new(),
@@ -81,10 +90,13 @@ pub(crate) async fn sse(
 /// gateway's `net` module): a stalled body is never polled, so the close
 /// of a slow consumer alone could not end it.
 struct EventStream {
+    /// Why the stream ends: made once, not per chunk, because each watch
+    /// registers with its token under that token's mutex, and the shutdown
+    /// token is shared by every connection.
+    ended: Pin<Box<dyn Future<Output = CloseReason> + Send>>,
     session: Session,
     queue: QueueReceiver,
     delivery: Delivery,
-    gateway: Arc<Gateway>,
     heartbeat: Interval,
     pending: VecDeque<Bytes>,
     /// Reused from batch to batch, so a delivery allocates nothing.
@@ -101,11 +113,9 @@ impl EventStream {
             if self.finished {
                 return None;
             }
-            let control = self.session.control().clone();
             tokio::select! {
                 biased;
-                reason = control.closed() => self.finish(reason),
-                () = self.gateway.shutdown().cancelled() => self.finish(CloseReason::Shutdown),
+                reason = &mut self.ended => self.finish(reason),
                 item = self.queue.recv() => {
                     let item = item?;
                     self.encode(item);

@@ -226,11 +226,21 @@ async fn write_loop(
     let mut writes: Vec<Deliver> = Vec::new();
     let mut ping = tokio::time::interval(limits.ping_interval);
     ping.tick().await;
+    // Made once, not per batch: each one registers with its token under
+    // that token's mutex, and the shutdown token is shared by every
+    // connection (a global lock per delivery batch).
+    let closed = control.closed();
+    let shutdown = gateway.shutdown().cancelled();
+    tokio::pin!(closed, shutdown);
+    let mut shutting_down = false;
     let reason = loop {
         tokio::select! {
             biased;
-            reason = control.closed() => break reason,
-            () = gateway.shutdown().cancelled() => control.close(CloseReason::Shutdown),
+            reason = &mut closed => break reason,
+            () = &mut shutdown, if !shutting_down => {
+                shutting_down = true;
+                control.close(CloseReason::Shutdown);
+            }
             item = queue.recv() => {
                 let Some(item) = item else { return };
                 delivery.accept_batch(item, &mut queue, WRITE_BATCH, control, &mut writes);
@@ -245,7 +255,7 @@ async fn write_loop(
                     }
                     // Closed while the socket was full (a slow consumer):
                     // stop writing events and go straight to the close frame.
-                    reason = control.closed() => break reason,
+                    reason = &mut closed => break reason,
                 }
                 if writes.capacity() > 4 * WRITE_BATCH {
                     // A replay grew it; do not keep that per connection.
