@@ -122,7 +122,10 @@ enum RoomDelivery {
 pub struct Delivery {
     rooms: HashMap<RoomName, RoomDelivery>,
     max_held: usize,
-    transport: &'static str,
+    /// Resolved once per connection: a `metrics::…!` call hashes its name
+    /// and labels and looks them up in the registry each time.
+    latency: metrics::Histogram,
+    messages_out: metrics::Counter,
 }
 
 /// A connection held more live events during a replay than its queue
@@ -132,11 +135,24 @@ pub struct Overflow;
 
 impl Delivery {
     pub fn new(max_held: usize, transport: crate::Transport) -> Self {
+        let transport = transport.as_str();
         Self {
             rooms: HashMap::new(),
             max_held,
-            transport: transport.as_str(),
+            latency: metrics::histogram!(
+                switchboard_telemetry::names::DELIVERY_LATENCY,
+                "transport" => transport
+            ),
+            messages_out: metrics::counter!(
+                switchboard_telemetry::names::MESSAGES_OUT,
+                "transport" => transport
+            ),
         }
+    }
+
+    /// Counts events the transport has written to its client.
+    pub fn delivered(&self, events: u64) {
+        self.messages_out.increment(events);
     }
 
     /// Turns a batch of queued items into what to write. A connection that
@@ -167,14 +183,10 @@ impl Delivery {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let latency = metrics::histogram!(
-            switchboard_telemetry::names::DELIVERY_LATENCY,
-            "transport" => self.transport
-        );
         for write in out.iter() {
             if let Deliver::Event(event) = write {
                 let age_ms = now_ms.saturating_sub(event.event().ts_unix_ms).max(0);
-                latency.record(age_ms as f64 / 1000.0);
+                self.latency.record(age_ms as f64 / 1000.0);
             }
         }
     }

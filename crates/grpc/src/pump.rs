@@ -84,7 +84,7 @@ pub(crate) async fn pump<T: Send + 'static>(
                         break;
                     }
                 }
-                metrics::counter!(names::MESSAGES_OUT, "transport" => "grpc").increment(events);
+                delivery.delivered(events);
                 if writes.capacity() > 4 * WRITE_BATCH {
                     writes = Vec::new();
                 }

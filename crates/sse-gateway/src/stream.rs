@@ -149,7 +149,7 @@ impl EventStream {
                 Deliver::Frame(frame) => self.pending.push_back(frame_to_sse(&frame)),
             }
         }
-        metrics::counter!(names::MESSAGES_OUT, "transport" => "sse").increment(events);
+        self.delivery.delivered(events);
         if self.writes.capacity() > 4 * WRITE_BATCH {
             // A replay grew it; do not keep that per connection.
             self.writes = Vec::new();

@@ -251,7 +251,7 @@ async fn write_loop(
                             // A peer that does not read for that long is as good as gone.
                             return;
                         }
-                        metrics::counter!(names::MESSAGES_OUT, "transport" => "websocket").increment(events);
+                        delivery.delivered(events);
                     }
                     // Closed while the socket was full (a slow consumer):
                     // stop writing events and go straight to the close frame.
