@@ -4,7 +4,6 @@
 
 use switchboard_gateway::queue::QueueReceiver;
 use switchboard_gateway::{CloseReason, ConnControl, Deliver, Delivery, Gateway};
-use switchboard_telemetry::names;
 use tokio::sync::mpsc;
 use tonic::Status;
 

@@ -15,7 +15,6 @@ use switchboard_gateway::{
 };
 use switchboard_protocol::frames::ServerFrame;
 use switchboard_protocol::{ErrorCode, format_rfc3339_millis};
-use switchboard_telemetry::names;
 use tokio::time::Interval;
 
 /// Tells `EventSource` how long to wait before reconnecting.
