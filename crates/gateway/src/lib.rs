@@ -12,6 +12,7 @@
 
 mod conn;
 mod error;
+pub mod front;
 mod http;
 mod hub;
 mod limits;

@@ -20,6 +20,8 @@ pub struct Limits {
     pub ping_timeout: Duration,
     /// SSE heartbeat interval (the spec requires ≤ 15 s).
     pub sse_heartbeat: Duration,
+    /// A new HTTP connection's first request head must arrive within this.
+    pub handshake_timeout: Duration,
     /// History events and presence users a connection may read per second
     /// (and an HTTP client address): replies are charged by their size, so
     /// a small frame cannot pull megabytes at the frame rate.
@@ -43,6 +45,7 @@ impl Default for Limits {
             ping_interval: Duration::from_secs(20),
             ping_timeout: Duration::from_secs(45),
             sse_heartbeat: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
             read_rate: 1000.0,
             read_burst: 5000.0,
             ip_publish_rate: 200.0,

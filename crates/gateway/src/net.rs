@@ -10,16 +10,19 @@
 //! session (presence leaves, memory is freed). WebSocket connections run
 //! on the same sockets after their upgrade.
 
+use crate::front::{self, FrontConfig, FrontIo};
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use switchboard_telemetry::names;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
 /// The client address of a request, from the accepted socket.
@@ -32,51 +35,94 @@ impl Connected<IncomingStream<'_, Listener>> for Peer {
     }
 }
 
-/// A TCP listener whose sockets time out stalled writes.
+/// The HTTP listener: accepts in its own task, admits each connection
+/// through the front (see `front`), and yields those hyper should serve.
 #[derive(Debug)]
 pub struct Listener {
-    inner: TcpListener,
-    write_timeout: Duration,
+    admitted: mpsc::Receiver<(FrontIo, Peer)>,
+    local: SocketAddr,
+    accept: tokio::task::AbortHandle,
 }
 
 impl Listener {
-    pub fn new(inner: TcpListener, write_timeout: Duration) -> Self {
-        Self {
-            inner,
-            write_timeout,
+    pub fn new(
+        inner: TcpListener,
+        write_timeout: Duration,
+        front: FrontConfig,
+    ) -> io::Result<Self> {
+        let local = inner.local_addr()?;
+        // Heads are read concurrently; this only bounds connections that
+        // are admitted and not yet taken by hyper.
+        let (to_hyper, admitted) = mpsc::channel(1024);
+        let accept = tokio::spawn(accept_loop(inner, write_timeout, Arc::new(front), to_hyper))
+            .abort_handle();
+        Ok(Self {
+            admitted,
+            local,
+            accept,
+        })
+    }
+}
+
+impl Drop for Listener {
+    /// The server stopped serving: stop accepting, closing the socket.
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn accept_loop(
+    inner: TcpListener,
+    write_timeout: Duration,
+    front: Arc<FrontConfig>,
+    to_hyper: mpsc::Sender<(FrontIo, Peer)>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = inner.accept() => accepted,
+            () = to_hyper.closed() => return,
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                // Replies and events are small frames written as they
+                // happen: Nagle would hold each one behind the previous
+                // one's ACK (40 ms with a delayed-ACK peer).
+                if let Err(err) = stream.set_nodelay(true) {
+                    tracing::debug!(%err, "TCP_NODELAY not set");
+                }
+                let stream = TimedStream::new(stream, write_timeout);
+                tokio::spawn(front::admit(
+                    stream,
+                    Peer(addr),
+                    front.clone(),
+                    to_hyper.clone(),
+                ));
+            }
+            Err(err) if is_connection_error(&err) => {}
+            Err(err) => {
+                // Out of file descriptors, typically: accepting again at
+                // once would spin, so back off as axum's listener does.
+                tracing::error!(%err, "accept failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }
 
 impl axum::serve::Listener for Listener {
-    type Io = TimedStream;
+    type Io = FrontIo;
     type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    // Replies and events are small frames written as they
-                    // happen: Nagle would hold each one behind the previous
-                    // one's ACK (40 ms with a delayed-ACK peer).
-                    if let Err(err) = stream.set_nodelay(true) {
-                        tracing::debug!(%err, "TCP_NODELAY not set");
-                    }
-                    return (TimedStream::new(stream, self.write_timeout), Peer(addr));
-                }
-                Err(err) if is_connection_error(&err) => {}
-                Err(err) => {
-                    // Out of file descriptors, typically: accepting again at
-                    // once would spin, so back off as axum's listener does.
-                    tracing::error!(%err, "accept failed; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+        match self.admitted.recv().await {
+            Some(admitted) => admitted,
+            // The accept task is gone (it only ends when we are dropped).
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr().map(Peer)
+        Ok(Peer(self.local))
     }
 }
 

@@ -7,6 +7,7 @@
 //! the gateway's `Session` and `Gateway` calls; it decides nothing itself.
 
 mod api;
+mod native;
 mod stream;
 
 use axum::Router;
@@ -24,6 +25,12 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
         .merge(api::routes())
         .with_state(gateway)
         .layer(cors)
+}
+
+/// `GET /sse/rooms/{room}` served on the raw socket when it is a
+/// connection's first request (see the gateway's `front`).
+pub fn native_route(gateway: Arc<Gateway>) -> Arc<dyn switchboard_gateway::front::NativeRoute> {
+    Arc::new(native::NativeSse::new(gateway))
 }
 
 /// The HTTP API alone (the WebSocket gateway serves it too).

@@ -21,8 +21,10 @@ use tokio::time::Interval;
 const RETRY_PREAMBLE: &[u8] = b"retry: 2000\n\n";
 const WRITE_BATCH: usize = 32;
 
-/// `GET /sse/rooms/{room}`: refusals are plain HTTP errors before the
-/// stream starts; after that the stream only carries events.
+/// `GET /sse/rooms/{room}` when hyper serves it (a request after another
+/// on a kept-alive connection; a fresh connection is served by
+/// [`crate::native`]): refusals are plain HTTP errors before the stream
+/// starts; after that the stream only carries events.
 pub(crate) async fn sse(
     State(gateway): State<Arc<Gateway>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -30,48 +32,14 @@ pub(crate) async fn sse(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if gateway.is_draining() {
-        return GatewayError::refused(ErrorCode::Unavailable, "server is shutting down")
-            .into_response();
-    }
-    let token = request_token(&headers, params.get("access_token").map(String::as_str));
-    let identity = match gateway.authenticate(token, params.get("user").map(String::as_str)) {
-        Ok(identity) => identity,
-        Err(err) => return err.into_response(),
+    let state = match EventStream::open(&gateway, peer, &room, &params, &headers).await {
+        Ok(state) => state,
+        Err(refused) => return refused,
     };
-    // The browser's own reconnect (Last-Event-ID) is newer than the URL's.
-    let since = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .or_else(|| params.get("since").map(String::as_str));
-    let (mut session, queue) = gateway.open_session(identity, Transport::Sse, Some(peer.0.ip()));
-    if let Err(err) = session.subscribe(&room, since).await {
-        return err.into_response();
-    }
-    let heartbeat = tokio::time::interval_at(
-        tokio::time::Instant::now() + gateway.limits().sse_heartbeat,
-        gateway.limits().sse_heartbeat,
-    );
-    let control = session.control().clone();
-    let shutdown = gateway.shutdown().clone();
-    let ended = Box::pin(async move {
-        tokio::select! {
-            reason = control.closed() => reason,
-            () = shutdown.cancelled() => CloseReason::Shutdown,
-        }
-    });
-    let state = EventStream {
-        ended,
-        delivery: Delivery::new(gateway.limits().outbound_queue, Transport::Sse),
-        session,
-        queue,
-        heartbeat,
-        pending: VecDeque::from([Bytes::from_static(RETRY_PREAMBLE)]),
-        writes: Vec::new(),
-        finished: false,
-    };
-    let body = Body::from_stream(futures::stream::unfold(state, EventStream::next));
+    let body = Body::from_stream(futures::stream::unfold(state, |mut state| async move {
+        let chunk = state.next().await?;
+        Some((Ok::<Bytes, Infallible>(chunk), state))
+    }));
     let mut response = (StatusCode::OK, body).into_response();
     let h = response.headers_mut();
     h.insert(
@@ -88,7 +56,7 @@ pub(crate) async fn sse(
 /// stops reading is dropped by the socket's write timeout (see the
 /// gateway's `net` module): a stalled body is never polled, so the close
 /// of a slow consumer alone could not end it.
-struct EventStream {
+pub(crate) struct EventStream {
     /// Why the stream ends: made once, not per chunk, because each watch
     /// registers with its token under that token's mutex, and the shutdown
     /// token is shared by every connection.
@@ -104,10 +72,72 @@ struct EventStream {
 }
 
 impl EventStream {
-    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
+    /// Authenticates, subscribes and returns the stream, or the refusal as
+    /// a plain HTTP response.
+    pub(crate) async fn open(
+        gateway: &Arc<Gateway>,
+        peer: Peer,
+        room: &str,
+        params: &HashMap<String, String>,
+        headers: &HeaderMap,
+    ) -> Result<Self, Response> {
+        if gateway.is_draining() {
+            return Err(
+                GatewayError::refused(ErrorCode::Unavailable, "server is shutting down")
+                    .into_response(),
+            );
+        }
+        let token = request_token(headers, params.get("access_token").map(String::as_str));
+        let identity = gateway
+            .authenticate(token, params.get("user").map(String::as_str))
+            .map_err(IntoResponse::into_response)?;
+        // The browser's own reconnect (Last-Event-ID) is newer than the URL's.
+        let since = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .or_else(|| params.get("since").map(String::as_str));
+        let (mut session, queue) =
+            gateway.open_session(identity, Transport::Sse, Some(peer.0.ip()));
+        // Boxed: a subscribe's future is kilobytes, and this one's caller
+        // lives as long as the stream.
+        Box::pin(session.subscribe(room, since))
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + gateway.limits().sse_heartbeat,
+            gateway.limits().sse_heartbeat,
+        );
+        let control = session.control().clone();
+        let shutdown = gateway.shutdown().clone();
+        let ended = Box::pin(async move {
+            tokio::select! {
+                reason = control.closed() => reason,
+                () = shutdown.cancelled() => CloseReason::Shutdown,
+            }
+        });
+        Ok(EventStream {
+            ended,
+            delivery: Delivery::new(gateway.limits().outbound_queue, Transport::Sse),
+            session,
+            queue,
+            heartbeat,
+            pending: VecDeque::from([Bytes::from_static(RETRY_PREAMBLE)]),
+            writes: Vec::new(),
+            finished: false,
+        })
+    }
+
+    /// A chunk encoded already, without waiting.
+    pub(crate) fn ready(&mut self) -> Option<Bytes> {
+        self.pending.pop_front()
+    }
+
+    /// The next chunk to write; `None` once the stream is over.
+    pub(crate) async fn next(&mut self) -> Option<Bytes> {
         loop {
             if let Some(chunk) = self.pending.pop_front() {
-                return Some((Ok(chunk), self));
+                return Some(chunk);
             }
             if self.finished {
                 return None;

@@ -127,6 +127,10 @@ pub struct LimitArgs {
     /// A WebSocket peer silent this long is dropped.
     #[arg(long, env = "SWITCHBOARD_PING_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
     pub ping_timeout: Duration,
+    /// A new HTTP connection must send its first request head within this
+    /// (slowloris); it holds nothing but its socket until then.
+    #[arg(long, env = "SWITCHBOARD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
     /// SSE heartbeat interval (at most 15 s).
     #[arg(long, env = "SWITCHBOARD_SSE_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
     pub sse_heartbeat: Duration,
@@ -179,6 +183,10 @@ impl LimitArgs {
             "--ping-timeout must be longer than a positive --ping-interval",
         )?;
         check(
+            self.handshake_timeout > Duration::ZERO,
+            "--handshake-timeout must be positive",
+        )?;
+        check(
             self.sse_heartbeat > Duration::ZERO && self.sse_heartbeat <= Duration::from_secs(15),
             "--sse-heartbeat must be within (0, 15s]",
         )?;
@@ -208,6 +216,7 @@ impl LimitArgs {
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             sse_heartbeat: self.sse_heartbeat,
+            handshake_timeout: self.handshake_timeout,
             read_rate: self.history_rate,
             read_burst: self.history_burst,
             ip_publish_rate,

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_bus::{Bus, MemoryBus};
+use switchboard_gateway::front::FrontConfig;
 use switchboard_gateway::{Gateway, GatewayConfig, Listener, Peer, demo_page, ops_routes};
 use switchboard_nats::{CoreService, NatsBus};
 use tokio::net::TcpListener;
@@ -132,7 +133,23 @@ pub async fn start(role: Role, args: &ServeArgs) -> Result<Server, StartError> {
     let http_addr = local_addr("HTTP", &http, args.http_addr)?;
     // A peer that reads nothing for as long as a WebSocket peer may stay
     // silent is gone: the same bound ends stalled SSE streams.
-    let http = Listener::new(http, gateway.limits().ping_timeout);
+    let native = match role {
+        Role::Standalone | Role::SseGateway => {
+            vec![switchboard_sse::native_route(gateway.clone())]
+        }
+        Role::WsGateway | Role::Core => Vec::new(),
+    };
+    let front = FrontConfig {
+        handshake_timeout: gateway.limits().handshake_timeout,
+        native,
+    };
+    let http = Listener::new(http, gateway.limits().ping_timeout, front).map_err(|source| {
+        StartError::Bind {
+            what: "HTTP",
+            addr: args.http_addr,
+            source,
+        }
+    })?;
     let router = router(role, gateway.clone()).into_make_service_with_connect_info::<Peer>();
     let stop = shutdown.clone();
     tasks.spawn(async move {
