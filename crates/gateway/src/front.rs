@@ -37,6 +37,21 @@ pub struct RequestHead {
     pub uri: Uri,
     pub version: Version,
     pub headers: HeaderMap,
+    /// Bytes of the head itself; a native route reads what follows it.
+    len: usize,
+}
+
+impl RequestHead {
+    /// A head that was not read from a socket (tests, tools).
+    pub fn new(method: Method, uri: Uri, version: Version, headers: HeaderMap) -> Self {
+        Self {
+            method,
+            uri,
+            version,
+            headers,
+            len: 0,
+        }
+    }
 }
 
 /// A request a transport serves on the raw socket instead of hyper.
@@ -45,13 +60,10 @@ pub trait NativeRoute: Send + Sync + 'static {
     /// alone: a `false` hands the connection to hyper untouched.
     fn matches(&self, head: &RequestHead) -> bool;
 
-    /// Serves the request and, when it returns, the connection is closed.
-    fn serve(
-        &self,
-        head: RequestHead,
-        conn: FrontIo,
-        peer: Peer,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    /// Serves the request in a task of its own (spawned here, so that
+    /// task holds only what the connection needs; the front's task ends).
+    /// The connection closes when that task drops it.
+    fn serve(&self, head: RequestHead, conn: FrontIo, peer: Peer);
 }
 
 /// A socket with the bytes the front read ahead of its user.
@@ -72,6 +84,15 @@ impl FrontIo {
     }
 }
 
+impl FrontIo {
+    fn release_if_read(&mut self) {
+        if self.at >= self.prefix.len() {
+            self.prefix = Vec::new();
+            self.at = 0;
+        }
+    }
+}
+
 impl AsyncRead for FrontIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -83,10 +104,7 @@ impl AsyncRead for FrontIo {
             let at = self.at;
             buf.put_slice(&self.prefix[at..at + n]);
             self.at += n;
-            if self.at == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.at = 0;
-            }
+            self.release_if_read();
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -139,6 +157,49 @@ impl std::fmt::Debug for FrontConfig {
     }
 }
 
+/// Error bodies are small JSON; anything larger is cut.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Writes a whole response (a refusal: a small JSON error) the way hyper
+/// would, plus `extra` header lines, and says the connection closes.
+pub async fn write_response<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    response: axum::response::Response,
+    extra: &[u8],
+) -> io::Result<()> {
+    use axum::http::header;
+    use tokio::io::AsyncWriteExt;
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(extra);
+    out.extend_from_slice(
+        format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&body);
+    writer.write_all(&out).await
+}
+
 /// Reads the head of one new connection, then serves it natively or hands
 /// it to hyper through `to_hyper`.
 pub(crate) async fn admit(
@@ -162,11 +223,12 @@ pub(crate) async fn admit(
         let _ = to_hyper.send((FrontIo::new(prefix, stream), peer)).await;
         return;
     };
-    // This task now lives as long as the stream: keep nothing else.
-    drop((config, to_hyper));
-    let serve = route.serve(head, FrontIo::new(prefix, stream), peer);
-    drop(route);
-    serve.await;
+    // The route reads what the client sent after the head (the first
+    // WebSocket frames may already be there).
+    let mut conn = FrontIo::new(prefix, stream);
+    conn.at = head.len;
+    conn.release_if_read();
+    route.serve(head, conn, peer);
 }
 
 /// Reads until the end of the first request head (or `MAX_HEAD` bytes, or
@@ -198,9 +260,9 @@ async fn read_head(stream: &mut TimedStream) -> io::Result<Vec<u8>> {
 fn parse_head(bytes: &[u8]) -> Option<RequestHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    if !matches!(request.parse(bytes), Ok(httparse::Status::Complete(_))) {
+    let Ok(httparse::Status::Complete(len)) = request.parse(bytes) else {
         return None;
-    }
+    };
     let method = Method::from_bytes(request.method?.as_bytes()).ok()?;
     let uri: Uri = request.path?.parse().ok()?;
     let version = match request.version? {
@@ -218,6 +280,7 @@ fn parse_head(bytes: &[u8]) -> Option<RequestHead> {
         uri,
         version,
         headers: map,
+        len,
     })
 }
 
@@ -235,6 +298,11 @@ mod tests {
         assert_eq!(head.uri.path(), "/sse/rooms/a%20b");
         assert_eq!(head.uri.query(), Some("user=x"));
         assert_eq!(head.headers["last-event-id"], "e:1");
+        let with_body = b"GET /ws HTTP/1.1\r\nHost: h\r\n\r\n\x81\x80abcd";
+        assert_eq!(
+            parse_head(with_body).expect("complete").len,
+            with_body.len() - 6
+        );
         assert!(parse_head(b"GET / HTTP/1.1\r\nHost: h\r\n").is_none());
         assert!(parse_head(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").is_none());
         assert!(parse_head(b"\x16\x03\x01garbage\r\n\r\n").is_none());

@@ -7,16 +7,13 @@
 //! of chunked encoding: an SSE stream has no end but its connection.
 
 use crate::stream::EventStream;
-use axum::body::to_bytes;
 use axum::http::{HeaderMap, Method, header};
-use axum::response::Response;
-use bytes::Bytes;
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Poll, ready};
-use switchboard_gateway::front::{FrontIo, NativeRoute, RequestHead};
+use switchboard_gateway::front::{FrontIo, NativeRoute, RequestHead, write_response};
 use switchboard_gateway::{Gateway, Peer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf};
 
@@ -24,9 +21,6 @@ const PREFIX: &str = "/sse/rooms/";
 
 /// A write buffer above this after a write is given back.
 const KEEP_WRITE_BUFFER: usize = 16 * 1024;
-
-/// Error bodies are small JSON; anything larger is cut.
-const MAX_ERROR_BODY: usize = 64 * 1024;
 
 pub(crate) struct NativeSse {
     gateway: Arc<Gateway>,
@@ -61,14 +55,9 @@ impl NativeRoute for NativeSse {
         request_of(head).is_some()
     }
 
-    fn serve(
-        &self,
-        head: RequestHead,
-        conn: FrontIo,
-        peer: Peer,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn serve(&self, head: RequestHead, conn: FrontIo, peer: Peer) {
         let gateway = self.gateway.clone();
-        Box::pin(async move {
+        tokio::spawn(async move {
             let Some((room, params)) = request_of(&head) else {
                 return;
             };
@@ -94,10 +83,12 @@ impl NativeRoute for NativeSse {
                         () = client_gone(reader) => {}
                     }
                 }
-                Err(refused) => write_refusal(&mut writer, refused, &cors).await,
+                Err(refused) => {
+                    let _ = write_response(&mut writer, refused, &cors).await;
+                }
             }
             let _ = writer.shutdown().await;
-        })
+        });
     }
 }
 
@@ -169,51 +160,18 @@ fn cors_headers(gateway: &Gateway, request: &HeaderMap) -> Vec<u8> {
     out
 }
 
-/// Writes a refusal (a JSON error) as a whole HTTP response.
-async fn write_refusal<W: AsyncWrite + Unpin>(writer: &mut W, refused: Response, cors: &[u8]) {
-    let (parts, body) = refused.into_parts();
-    let body = to_bytes(body, MAX_ERROR_BODY)
-        .await
-        .unwrap_or_else(|_| Bytes::new());
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\n",
-        parts.status.as_u16(),
-        parts.status.canonical_reason().unwrap_or("")
-    )
-    .into_bytes();
-    for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH || name == header::CONNECTION {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(cors);
-    out.extend_from_slice(
-        format!(
-            "content-length: {}\r\nconnection: close\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    out.extend_from_slice(&body);
-    let _ = writer.write_all(&out).await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::http::{Uri, Version};
 
     fn head(method: Method, uri: &str) -> RequestHead {
-        RequestHead {
+        RequestHead::new(
             method,
-            uri: uri.parse::<Uri>().expect("uri"),
-            version: Version::HTTP_11,
-            headers: HeaderMap::new(),
-        }
+            uri.parse::<Uri>().expect("uri"),
+            Version::HTTP_11,
+            HeaderMap::new(),
+        )
     }
 
     #[test]

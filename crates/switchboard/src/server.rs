@@ -133,11 +133,15 @@ pub async fn start(role: Role, args: &ServeArgs) -> Result<Server, StartError> {
     let http_addr = local_addr("HTTP", &http, args.http_addr)?;
     // A peer that reads nothing for as long as a WebSocket peer may stay
     // silent is gone: the same bound ends stalled SSE streams.
+    // First requests the transports serve on the raw socket (ADR 0008).
     let native = match role {
-        Role::Standalone | Role::SseGateway => {
-            vec![switchboard_sse::native_route(gateway.clone())]
-        }
-        Role::WsGateway | Role::Core => Vec::new(),
+        Role::Standalone => vec![
+            switchboard_ws::native_route(gateway.clone()),
+            switchboard_sse::native_route(gateway.clone()),
+        ],
+        Role::WsGateway => vec![switchboard_ws::native_route(gateway.clone())],
+        Role::SseGateway => vec![switchboard_sse::native_route(gateway.clone())],
+        Role::Core => Vec::new(),
     };
     let front = FrontConfig {
         handshake_timeout: gateway.limits().handshake_timeout,

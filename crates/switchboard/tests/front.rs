@@ -191,3 +191,44 @@ async fn sse_after_another_request_is_served_by_hyper() {
     assert_eq!(status, 201);
     read_until(&mut stream, &mut seen, |s| s.contains("via hyper")).await;
 }
+
+/// A WebSocket upgrade as a first request is served by the front. A client
+/// may send its first frame right behind the request head, in the same
+/// segment: the connection must read it as a frame, not as part of the
+/// head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_right_behind_the_upgrade_head_is_read() {
+    let server = TestServer::with_args(&UNTHROTTLED).await;
+    let mut stream = TcpStream::connect(server.http).await.expect("connect");
+    let mut request = b"GET /ws?user=eager HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+        Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Protocol: switchboard.v1.json\r\n\r\n"
+        .to_vec();
+    let frame = br#"{"type":"subscribe","room":"eager"}"#;
+    let mask = [7u8, 1, 2, 3];
+    request.push(0x81);
+    request.push(0x80 | frame.len() as u8);
+    request.extend_from_slice(&mask);
+    request.extend(frame.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    stream
+        .write_all(&request)
+        .await
+        .expect("head and frame in one write");
+    let mut seen = Vec::new();
+    read_until(&mut stream, &mut seen, |s| s.contains("\"subscribed\"")).await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{text}"
+    );
+    // The RFC 6455 example key.
+    assert!(
+        text.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{text}"
+    );
+    assert!(
+        text.contains("sec-websocket-protocol: switchboard.v1.json"),
+        "{text}"
+    );
+}

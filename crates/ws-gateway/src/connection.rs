@@ -1,7 +1,6 @@
 use crate::Mode;
 use crate::frame::Violation;
 use crate::socket::{Incoming, ReadError, WsReader, WsWriter};
-use crate::upgrade::Upgraded;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,11 +12,8 @@ use switchboard_gateway::{
 use switchboard_protocol::ErrorCode;
 use switchboard_protocol::frames::{BadFrame, ClientFrame, ServerFrame};
 use switchboard_telemetry::names;
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
-
-type Reader = WsReader<ReadHalf<Upgraded>>;
-type Writer = WsWriter<WriteHalf<Upgraded>>;
 
 /// Items drained from the queue per socket flush: batches writes under
 /// load without letting one connection hog its task.
@@ -91,12 +87,18 @@ enum ReadEnd {
     Done,
 }
 
-pub(crate) async fn run(
-    io: Upgraded,
+/// What a connection runs on: hyper's upgraded socket, or the raw one when
+/// the front served the upgrade.
+pub(crate) trait Socket: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Socket for S {}
+
+pub(crate) async fn run<S: Socket>(
+    io: S,
     gateway: Arc<Gateway>,
     identity: Identity,
     mode: Mode,
     peer: Peer,
+    preface: Vec<u8>,
 ) {
     let (mut session, queue) =
         gateway.open_session(identity, Transport::WebSocket, Some(peer.0.ip()));
@@ -109,7 +111,11 @@ pub(crate) async fn run(
     };
     let (read_half, write_half) = tokio::io::split(io);
     let mut reader = WsReader::new(read_half, gateway.limits().max_frame_bytes);
-    let mut writer = WsWriter::new(write_half);
+    // The 101 when the front served the upgrade; sent before anything.
+    let mut writer = WsWriter::with_preface(write_half, preface);
+    if writer.flush().await.is_err() {
+        return;
+    }
     if let Mode::Chat(room) = &mode {
         // Errors are queued for the client like any other reply. Boxed,
         // like every command below: a subscribe's future is kilobytes and
@@ -148,8 +154,8 @@ pub(crate) async fn run(
     tracing::debug!(user = %session.identity().user, reason = ?control.reason(), "websocket closed");
 }
 
-async fn read_loop(
-    reader: &mut Reader,
+async fn read_loop<S: Socket>(
+    reader: &mut WsReader<ReadHalf<S>>,
     session: &mut Session,
     mode: &Mode,
     shared: &Shared,
@@ -211,8 +217,8 @@ async fn handle_text(session: &mut Session, mode: &Mode, text: &str) {
     }
 }
 
-async fn write_loop(
-    writer: &mut Writer,
+async fn write_loop<S: Socket>(
+    writer: &mut WsWriter<WriteHalf<S>>,
     mut queue: QueueReceiver,
     control: &Arc<ConnControl>,
     gateway: &Gateway,
@@ -290,7 +296,7 @@ async fn write_loop(
 
 /// Encodes a batch into the writer's buffer: each event's JSON is the
 /// shared bytes encoded once for every subscriber. Returns the events.
-fn encode(writer: &mut Writer, writes: &mut Vec<Deliver>) -> u64 {
+fn encode<S: Socket>(writer: &mut WsWriter<WriteHalf<S>>, writes: &mut Vec<Deliver>) -> u64 {
     let mut events = 0u64;
     for write in writes.drain(..) {
         match write {
@@ -304,7 +310,7 @@ fn encode(writer: &mut Writer, writes: &mut Vec<Deliver>) -> u64 {
     events
 }
 
-async fn close(writer: &mut Writer, reason: CloseReason) {
+async fn close<S: Socket>(writer: &mut WsWriter<WriteHalf<S>>, reason: CloseReason) {
     if reason == CloseReason::TokenExpired {
         let frame = ServerFrame::error(ErrorCode::Unauthorized, "token expired");
         writer.text(&frame.to_json());

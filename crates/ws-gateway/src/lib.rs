@@ -20,8 +20,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use std::sync::Arc;
+use switchboard_auth::Identity;
+use switchboard_gateway::front::{FrontIo, NativeRoute, RequestHead, write_response};
 use switchboard_gateway::{Gateway, GatewayError, Peer, request_token};
 use switchboard_protocol::{ErrorCode, RoomName};
+use tokio::io::AsyncWriteExt;
 use upgrade::WsUpgrade;
 
 /// The subprotocol of the JSON protocol; also what a client gets when it
@@ -84,31 +87,110 @@ fn accept(
     upgrade: WsUpgrade,
     chat: bool,
 ) -> Response {
+    match admit(&gateway, &params, &headers, chat) {
+        Ok((identity, mode)) => upgrade.on_upgrade(move |socket| {
+            connection::run(socket, gateway, identity, mode, peer, Vec::new())
+        }),
+        Err(refused) => *refused,
+    }
+}
+
+/// The checks of an upgrade request, shared by hyper's path and the
+/// front's: who the client is and how its frames are read.
+fn admit(
+    gateway: &Gateway,
+    params: &ConnectParams,
+    headers: &HeaderMap,
+    chat: bool,
+) -> Result<(Identity, Mode), Box<Response>> {
     if gateway.is_draining() {
-        return GatewayError::refused(ErrorCode::Unavailable, "server is shutting down")
-            .into_response();
+        return Err(Box::new(
+            GatewayError::refused(ErrorCode::Unavailable, "server is shutting down")
+                .into_response(),
+        ));
     }
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if !gateway.origin_allowed(origin) {
-        return GatewayError::refused(
-            ErrorCode::Forbidden,
-            format!("origin {} is not allowed", origin.unwrap_or_default()),
-        )
-        .into_response();
+        return Err(Box::new(
+            GatewayError::refused(
+                ErrorCode::Forbidden,
+                format!("origin {} is not allowed", origin.unwrap_or_default()),
+            )
+            .into_response(),
+        ));
     }
-    let token = request_token(&headers, params.access_token.as_deref());
-    let identity = match gateway.authenticate(token, params.user.as_deref()) {
-        Ok(identity) => identity,
-        Err(err) => return err.into_response(),
-    };
+    let token = request_token(headers, params.access_token.as_deref());
+    let identity = gateway
+        .authenticate(token, params.user.as_deref())
+        .map_err(|err| Box::new(err.into_response()))?;
     let mode = if chat {
         let room = params.room.as_deref().unwrap_or(DEFAULT_CHAT_ROOM);
-        match RoomName::parse(room) {
-            Ok(room) => Mode::Chat(room),
-            Err(err) => return GatewayError::from(err).into_response(),
-        }
+        Mode::Chat(
+            RoomName::parse(room)
+                .map_err(|err| Box::new(GatewayError::from(err).into_response()))?,
+        )
     } else {
         Mode::Json
     };
-    upgrade.on_upgrade(move |socket| connection::run(socket, gateway, identity, mode, peer))
+    Ok((identity, mode))
+}
+
+/// `GET /ws` and `/ws/chat` upgrades as a connection's first request,
+/// served on the raw socket: no hyper connection state is made for them,
+/// which is most of the cost of a connect (see ADR 0008).
+pub fn native_route(gateway: Arc<Gateway>) -> Arc<dyn NativeRoute> {
+    Arc::new(NativeWs { gateway })
+}
+
+struct NativeWs {
+    gateway: Arc<Gateway>,
+}
+
+/// Whether the request is one of ours, with its query as axum's `Query`
+/// would decode it; `None` leaves it to hyper (and its refusals).
+fn native_request(head: &RequestHead) -> Option<(bool, ConnectParams)> {
+    let chat = match head.uri.path() {
+        "/ws" => false,
+        "/ws/chat" => true,
+        _ => return None,
+    };
+    if head.method != axum::http::Method::GET || !upgrade::is_upgrade(&head.headers) {
+        return None;
+    }
+    let params = serde_urlencoded::from_str(head.uri.query().unwrap_or_default()).ok()?;
+    Some((chat, params))
+}
+
+impl NativeRoute for NativeWs {
+    fn matches(&self, head: &RequestHead) -> bool {
+        native_request(head).is_some()
+    }
+
+    fn serve(&self, head: RequestHead, mut conn: FrontIo, peer: Peer) {
+        let Some((chat, params)) = native_request(&head) else {
+            return;
+        };
+        let gateway = self.gateway.clone();
+        // Decided before any task exists, so the connection's task is
+        // exactly its `run` future: the 101 goes out as its first write.
+        let admitted = upgrade::Handshake::check(&head.method, head.version, &head.headers)
+            .and_then(|handshake| {
+                admit(&gateway, &params, &head.headers, chat)
+                    .map(|(identity, mode)| (handshake, identity, mode))
+            });
+        match admitted {
+            Ok((handshake, identity, mode)) => {
+                let preface = handshake.response_head();
+                tokio::spawn(connection::run(
+                    conn, gateway, identity, mode, peer, preface,
+                ));
+            }
+            Err(refused) => {
+                tokio::spawn(async move {
+                    let _ = write_response(&mut conn, *refused, b"").await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        }
+    }
 }

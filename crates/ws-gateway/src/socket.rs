@@ -204,10 +204,16 @@ pub(crate) struct WsWriter<W> {
 }
 
 impl<W: AsyncWrite + Unpin> WsWriter<W> {
+    #[cfg(test)]
     pub(crate) fn new(io: W) -> Self {
+        Self::with_preface(io, Vec::new())
+    }
+
+    /// A writer whose first flush sends `preface` (the upgrade response).
+    pub(crate) fn with_preface(io: W, preface: Vec<u8>) -> Self {
         Self {
             io,
-            buf: Vec::new(),
+            buf: preface,
             written: 0,
         }
     }

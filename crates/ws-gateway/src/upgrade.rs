@@ -17,15 +17,14 @@ pub(crate) type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
 /// A valid WebSocket upgrade request, not yet answered.
 pub(crate) struct WsUpgrade {
-    accept: HeaderValue,
-    protocol: bool,
+    handshake: Handshake,
     on_upgrade: OnUpgrade,
 }
 
-fn refuse(status: StatusCode, message: &str) -> Response {
+fn refuse(status: StatusCode, message: &str) -> Box<Response> {
     let mut response = GatewayError::refused(ErrorCode::BadFrame, message).into_response();
     *response.status_mut() = status;
-    response
+    Box::new(response)
 }
 
 fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -37,26 +36,33 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
     })
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
-    type Rejection = Response;
+/// The answer to a valid upgrade request.
+pub(crate) struct Handshake {
+    accept: HeaderValue,
+    protocol: bool,
+}
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
-        if parts.version != Version::HTTP_11 {
+impl Handshake {
+    /// Checks an upgrade request (RFC 6455 §4.2.1) as a refusal a client
+    /// can read.
+    pub(crate) fn check(
+        method: &Method,
+        version: Version,
+        headers: &HeaderMap,
+    ) -> Result<Self, Box<Response>> {
+        if version != Version::HTTP_11 {
             return Err(refuse(
                 StatusCode::HTTP_VERSION_NOT_SUPPORTED,
                 "WebSocket needs an HTTP/1.1 upgrade",
             ));
         }
-        if parts.method != Method::GET {
+        if method != Method::GET {
             return Err(refuse(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "a WebSocket upgrade is a GET",
             ));
         }
-        let headers = &parts.headers;
-        if !has_token(headers, header::CONNECTION, "upgrade")
-            || !has_token(headers, header::UPGRADE, "websocket")
-        {
+        if !is_upgrade(headers) {
             return Err(refuse(
                 StatusCode::UPGRADE_REQUIRED,
                 "this endpoint speaks WebSocket: send Connection: upgrade and Upgrade: websocket",
@@ -82,15 +88,48 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
         let accept = HeaderValue::from_str(&accept)
             .map_err(|_| refuse(StatusCode::BAD_REQUEST, "invalid Sec-WebSocket-Key"))?;
         let protocol = has_token(headers, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
+        Ok(Self { accept, protocol })
+    }
+
+    /// The 101 response as bytes, for the front's raw socket.
+    pub(crate) fn response_head(&self) -> Vec<u8> {
+        let mut out = b"HTTP/1.1 101 Switching Protocols\r\n\
+            connection: upgrade\r\n\
+            upgrade: websocket\r\n\
+            sec-websocket-accept: "
+            .to_vec();
+        out.extend_from_slice(self.accept.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if self.protocol {
+            out.extend_from_slice(b"sec-websocket-protocol: ");
+            out.extend_from_slice(SUBPROTOCOL.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+}
+
+/// Whether the request asks for a WebSocket upgrade at all.
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
+    has_token(headers, header::CONNECTION, "upgrade")
+        && has_token(headers, header::UPGRADE, "websocket")
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
+        let handshake =
+            Handshake::check(&parts.method, parts.version, &parts.headers).map_err(|r| *r)?;
         let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or_else(|| {
-            refuse(
+            *refuse(
                 StatusCode::BAD_REQUEST,
                 "this connection cannot be upgraded",
             )
         })?;
         Ok(Self {
-            accept,
-            protocol,
+            handshake,
             on_upgrade,
         })
     }
@@ -116,8 +155,8 @@ impl WsUpgrade {
         let h = response.headers_mut();
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, self.accept);
-        if self.protocol {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, self.handshake.accept);
+        if self.handshake.protocol {
             h.insert(
                 header::SEC_WEBSOCKET_PROTOCOL,
                 HeaderValue::from_static(SUBPROTOCOL),
