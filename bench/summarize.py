@@ -270,6 +270,19 @@ def targets_table(cells):
     return out
 
 
+def commands(runs):
+    """One command line per (case, peer), as the first round ran it."""
+    out, seen = [], set()
+    for run in runs:
+        key = (run.get("case"), run.get("peer"))
+        if key in seen or "command" not in run:
+            continue
+        seen.add(key)
+        out.append(f"# {key[0]} on {key[1]}")
+        out.append(run["command"])
+    return out
+
+
 def render(runs, machine):
     cells = by_cell(runs)
     info = dict(line.split(" ", 1) for line in machine.splitlines() if " " in line)
@@ -294,6 +307,15 @@ def render(runs, machine):
         "#### What limited each figure",
         "",
         *limits_table(cells),
+        "",
+        "#### The commands",
+        "",
+        "Each peer listened on the URL of its command (gRPC on the next port, nats-server on the one after), started fresh "
+        "for each run, pinned with `taskset -c 0`; `switchboard bench` ran as:",
+        "",
+        "```sh",
+        *commands(runs),
+        "```",
     ]
     return "\n".join(out) + "\n"
 
@@ -313,12 +335,38 @@ def update_doc(path, text):
         f.write(pattern.sub(lambda _: block, doc, count=1))
 
 
+def one_line(report):
+    """A run's figures on one line, for the progress log of scripts/bench.sh."""
+    r = json.loads(report)
+    out = []
+    if r.get("publish_transport"):
+        out.append(f"{_fmt_rate(r['deliveries_per_s'])} deliveries, "
+                   f"{_fmt_rate(r['publishes_per_s'])} publishes, lost {r['lost']}")
+    lat = r.get("latency_us") or {}
+    if lat:
+        out.append(f"p50 {_fmt_us(lat['p50'])} p99 {_fmt_us(lat['p99'])}")
+    if r.get("rss_per_connection") is not None:
+        out.append(f"{_fmt_kib(r['rss_per_connection'])}/conn of {r['connections']}")
+    elif r.get("connects_per_s") is not None:
+        out.append(f"{_fmt_rate(r['connects_per_s'])} connects of {r['connections']}")
+    out.append(f"generator CPU {r['cpu']['utilization'] * 100:.0f}%")
+    if r.get("error_total"):
+        out.append(f"errors {r['errors']}")
+    return "; ".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", help="runs.jsonl written by scripts/bench.sh")
+    ap.add_argument("runs", nargs="?", help="runs.jsonl written by scripts/bench.sh")
+    ap.add_argument("--one", metavar="REPORT", help="print one report's figures on a line")
     ap.add_argument("--machine", help="machine.txt written by scripts/bench.sh")
     ap.add_argument("--doc", help="rewrite the generated section of this markdown file")
     args = ap.parse_args()
+    if args.one is not None:
+        print(one_line(args.one))
+        return
+    if not args.runs:
+        ap.error("give runs.jsonl (or --one REPORT)")
     machine = ""
     if args.machine:
         with open(args.machine, encoding="utf-8") as f:

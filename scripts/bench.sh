@@ -32,7 +32,7 @@ usage: scripts/bench.sh [options]
   --no-install      do not install anything; fail if a peer is missing
   --no-build        use target/release/switchboard as it is
 Environment: BENCH_SERVER_CPU (default 0), BENCH_CLIENT_CPU (default 1),
-BENCH_PORT_BASE (default 18080), BENCH_CACHE (default ~/.cache/switchboard-bench:
+BENCH_PORT_BASE (first of 3 ports; default: the first free of 28080, 28180 …), BENCH_CACHE (default ~/.cache/switchboard-bench:
 the Python venv with FastAPI, uvicorn and nats-server), BENCH_QUIET_PCT
 (default 90: machine idle % awaited before each run), BENCH_QUIET_MAX
 (default 30: seconds to wait for it at most).
@@ -67,7 +67,7 @@ case "$ROUNDS" in '' | *[!0-9]* | 0) echo "--rounds: a positive number" >&2; exi
 
 SERVER_CPU=${BENCH_SERVER_CPU:-0}
 CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
-PORT_BASE=${BENCH_PORT_BASE:-18080}
+PORT_BASE=${BENCH_PORT_BASE:-}
 CACHE=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/switchboard-bench}
 QUIET_PCT=${BENCH_QUIET_PCT:-90}
 QUIET_MAX=${BENCH_QUIET_MAX:-30}
@@ -220,6 +220,20 @@ cleanup_peer() {
 trap 'cleanup_peer' EXIT
 trap 'cleanup_peer; exit 130' INT TERM
 
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Three consecutive ports nobody listens on (HTTP, gRPC, nats-server): a
+# peer must never be confused with another server already on the port.
+if [ -z "$PORT_BASE" ]; then
+  for base in $(seq 28080 100 38080); do
+    if ! listening "$base" && ! listening $((base + 1)) && ! listening $((base + 2)); then
+      PORT_BASE=$base
+      break
+    fi
+  done
+  [ -n "$PORT_BASE" ] || { echo "no free ports found; set BENCH_PORT_BASE" >&2; exit 1; }
+fi
+
 # Bounded: a peer that does not answer HTTP on $1 within 20 s failed.
 wait_http() {
   local url=$1 what=$2
@@ -243,7 +257,13 @@ SB_FLAGS=(--publish-rate 1000000 --publish-burst 1000000
 # PEER_PID (the process whose RSS is the peer's: nginx's worker),
 # PEER_GRPC and PEER_PROTOCOL (the bench flags it speaks).
 start_peer() {
-  local name=$1 port=$PORT_BASE tmp
+  local name=$1 port=$PORT_BASE tmp p
+  for p in "$port" $((port + 1)) $((port + 2)); do
+    if listening "$p"; then
+      echo "port $p is taken by another process: not starting $name on it" >&2
+      return 1
+    fi
+  done
   tmp=$(mktemp -d "${TMPDIR:-/tmp}/sb-bench-$name.XXXXXX")
   PEER_URL=http://127.0.0.1:$port
   PEER_GRPC=
@@ -299,7 +319,8 @@ start_peer() {
       ;;
     *) echo "unknown peer $name" >&2; return 1 ;;
   esac
-  [ -n "$PEER_PID" ]
+  # What answered must be ours, still running.
+  [ -n "$PEER_PID" ] && kill -0 "$PEER_PID" 2>/dev/null
 }
 
 # -------------------------------------------------------------- measuring --
@@ -355,37 +376,23 @@ measure() {
   local report rc=0
   # The bench bounds itself; `timeout` is the backstop for a wedged run.
   report=$(timeout -k 5 600 "${PIN_CLIENT[@]}" "$SB" bench "${args[@]}" 2>>"$OUT/bench.stderr") || rc=$?
+  local command
+  command=$(printf '%q ' "${PIN_CLIENT[@]}" switchboard bench "${args[@]}")
+  command=$(python3 -c 'import json, sys; print(json.dumps(sys.argv[1].strip()))' "$command")
   if [ "$rc" -eq 0 ] && [ -n "$report" ]; then
-    printf '{"round":%d,"case":"%s","peer":"%s","quiet_idle":%d,"report":%s}\n' \
-      "$round" "$case" "$peer" "$QUIET" "$report" >>"$RUNS"
+    printf '{"round":%d,"case":"%s","peer":"%s","quiet_idle":%d,"command":%s,"report":%s}\n' \
+      "$round" "$case" "$peer" "$QUIET" "$command" "$report" >>"$RUNS"
     note "$(printf '%-8s %-16s %s' "$case" "$peer" "$(summary_of "$report")")"
   else
-    printf '{"round":%d,"case":"%s","peer":"%s","error":"bench exited %d"}\n' \
-      "$round" "$case" "$peer" "$rc" >>"$RUNS"
+    printf '{"round":%d,"case":"%s","peer":"%s","command":%s,"error":"bench exited %d"}\n' \
+      "$round" "$case" "$peer" "$command" "$rc" >>"$RUNS"
     note "$case $peer: bench exited $rc (see $OUT/bench.stderr)"
   fi
   cleanup_peer
 }
 
 summary_of() {
-  python3 -c '
-import json, sys
-r = json.loads(sys.argv[1])
-lat = r.get("latency_us") or {}
-out = []
-if r.get("publish_transport"):
-    out.append(f"{r[\"deliveries_per_s\"]:.0f} deliveries/s, {r[\"publishes_per_s\"]:.0f} publishes/s, lost {r[\"lost\"]}")
-if lat:
-    out.append(f"p50 {lat[\"p50\"]}us p99 {lat[\"p99\"]}us")
-if r.get("rss_per_connection") is not None:
-    out.append(f"{r[\"rss_per_connection\"]/1024:.1f} KiB/conn of {r[\"connections\"]}")
-elif r.get("connects_per_s") is not None:
-    out.append(f"{r[\"connects_per_s\"]:.0f} connects/s of {r[\"connections\"]}")
-out.append(f"gen cpu {r[\"cpu\"][\"utilization\"]*100:.0f}%")
-if r.get("error_total"):
-    out.append(f"errors {r[\"errors\"]}")
-print("; ".join(out))
-' "$1" 2>/dev/null || echo "(unreadable report)"
+  python3 bench/summarize.py --one "$1" 2>/dev/null || echo "(unreadable report)"
 }
 
 # ------------------------------------------------------------------ cases --
