@@ -146,15 +146,15 @@ def case_table(cells, cases):
 
 
 def limits_table(cells):
-    out = ["| case | peer | runs | subscribed | lost | errors | generator CPU | idle before | note |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| case | peer | runs | subscribed | lost | errors | server CPU | generator CPU | idle before | note |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for case in CASES:
         for peer in peers_in(cells, case):
             runs = cells[(case, peer)]
             ok = [r["report"] for r in runs if "report" in r]
             failed = [r.get("error", "?") for r in runs if "report" not in r]
             if not ok:
-                out.append(f"| {case} | {peer} | 0/{len(runs)} | | | | | | {'; '.join(sorted(set(failed)))} |")
+                out.append(f"| {case} | {peer} | 0/{len(runs)} | | | | | | | {'; '.join(sorted(set(failed)))} |")
                 continue
             subscribed = min(r.get("subscribed", 0) for r in ok)
             wanted = max(r.get("subscribers", 0) for r in ok)
@@ -179,15 +179,23 @@ def limits_table(cells):
                 got = statistics.median(r.get("deliveries_per_s", 0) for r in ok)
                 if got < 0.9 * offered:
                     notes.append(f"did not keep up: {_fmt_rate(got)} of {_fmt_rate(offered)} offered")
+            with_cpu = [r for r in runs if "report" in r and r.get("server_cpu") is not None]
+            server = statistics.median(r["server_cpu"] for r in with_cpu) if with_cpu else None
+            if server is not None and server >= 0.9:
+                notes.append("server core saturated")
+            elif case.startswith(("A", "F")) and server is not None and cpu <= 0.9:
+                ack = statistics.median((r.get("ack_latency_us") or {}).get("p50", 0) for r in ok)
+                notes.append(f"neither core saturated: bound by the publish round trip (ack p50 {_fmt_us(ack)})")
             if case.startswith("E") and ok[0].get("rate") is None:
                 ack = statistics.median((r.get("ack_latency_us") or {}).get("p50", 0) for r in ok)
                 notes.append(f"ack p50 {_fmt_us(ack)}")
             if failed:
                 notes.append(f"{len(failed)} run(s) failed: {'; '.join(sorted(set(failed)))}")
             err = ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "0"
+            shown = "?" if server is None else f"{server * 100:.0f}%"
             out.append(
                 f"| {case} | {peer} | {len(ok)}/{len(runs)} | {subscribed}/{wanted} | {lost} | {err} | "
-                f"{cpu * 100:.0f}% | {quiet}% | {'; '.join(notes)} |"
+                f"{shown} | {cpu * 100:.0f}% | {quiet}% | {'; '.join(notes)} |"
             )
     return out
 
@@ -340,8 +348,9 @@ def one_line(report):
     r = json.loads(report)
     out = []
     if r.get("publish_transport"):
-        out.append(f"{_fmt_rate(r['deliveries_per_s'])} deliveries, "
-                   f"{_fmt_rate(r['publishes_per_s'])} publishes, lost {r['lost']}")
+        if r.get("subscribers"):
+            out.append(f"{_fmt_rate(r['deliveries_per_s'])} deliveries, lost {r['lost']}")
+        out.append(f"{_fmt_rate(r['publishes_per_s'])} publishes")
     lat = r.get("latency_us") or {}
     if lat:
         out.append(f"p50 {_fmt_us(lat['p50'])} p99 {_fmt_us(lat['p99'])}")

@@ -351,9 +351,36 @@ wait_quiet() {
   done
 }
 
+# CPU ticks (user + system) used so far by the peer's processes: the ones
+# started here and the measured one (nginx's worker); fields 14 and 15 of
+# /proc/<pid>/stat, counted after the command name's closing parenthesis.
+CLK_TCK=$(getconf CLK_TCK)
+server_ticks() {
+  local pid total=0 stat rest
+  local -a f
+  for pid in $(printf '%s\n' "${STARTED[@]}" "$PEER_PID" | sort -u); do
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+    rest=${stat##*) }
+    read -r -a f <<<"$rest"
+    total=$((total + f[11] + f[12]))
+  done
+  echo "$total"
+}
+
 # measure ROUND CASE PEER -- BENCH ARGS...: one bounded bench run; appends
 # {"round","case","peer","quiet_idle","report"} (or "error") to runs.jsonl.
 measure() {
+  local attempt
+  for attempt in 1 2; do
+    measure_once "$@" && return 0
+    [ "$attempt" -eq 1 ] && note "$2 $3: nothing connected (another process's load on a shared machine?): one retry"
+  done
+  return 0
+}
+
+# One attempt (the caller's $attempt); fails, for one retry, when the first
+# attempt could not even connect.
+measure_once() {
   local round=$1 case=$2 peer=$3
   shift 4
   if ! start_peer "$peer"; then
@@ -373,22 +400,37 @@ measure() {
     esac
   done
   args+=(--format json)
-  local report rc=0
+  local report rc=0 cpu0 wall0 cpu1 wall1 server_cpu
+  cpu0=$(server_ticks) wall0=$(date +%s%N)
   # The bench bounds itself; `timeout` is the backstop for a wedged run.
   report=$(timeout -k 5 600 "${PIN_CLIENT[@]}" "$SB" bench "${args[@]}" 2>>"$OUT/bench.stderr") || rc=$?
+  cpu1=$(server_ticks) wall1=$(date +%s%N)
+  # The server side's CPU over the run, as a fraction of its one core.
+  server_cpu=$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v ns=$((wall1 - wall0)) \
+    'BEGIN { printf "%.3f", (ns > 0 ? t / hz / (ns / 1e9) : 0) }')
   local command
   command=$(printf '%q ' "${PIN_CLIENT[@]}" switchboard bench "${args[@]}")
   command=$(python3 -c 'import json, sys; print(json.dumps(sys.argv[1].strip()))' "$command")
+  if [ "$rc" -eq 0 ] && [ -n "$report" ] && [ "$attempt" -eq 1 ] && none_connected "$report"; then
+    cleanup_peer
+    return 1
+  fi
   if [ "$rc" -eq 0 ] && [ -n "$report" ]; then
-    printf '{"round":%d,"case":"%s","peer":"%s","quiet_idle":%d,"command":%s,"report":%s}\n' \
-      "$round" "$case" "$peer" "$QUIET" "$command" "$report" >>"$RUNS"
-    note "$(printf '%-8s %-16s %s' "$case" "$peer" "$(summary_of "$report")")"
+    printf '{"round":%d,"case":"%s","peer":"%s","quiet_idle":%d,"server_cpu":%s,"command":%s,"report":%s}\n' \
+      "$round" "$case" "$peer" "$QUIET" "$server_cpu" "$command" "$report" >>"$RUNS"
+    note "$(printf '%-8s %-16s %s; server CPU %.0f%%' "$case" "$peer" "$(summary_of "$report")" \
+      "$(awk -v c="$server_cpu" 'BEGIN { print c * 100 }')")"
   else
     printf '{"round":%d,"case":"%s","peer":"%s","command":%s,"error":"bench exited %d"}\n' \
       "$round" "$case" "$peer" "$command" "$rc" >>"$RUNS"
     note "$case $peer: bench exited $rc (see $OUT/bench.stderr)"
   fi
   cleanup_peer
+}
+
+# Succeeds when a report says no subscriber (of several) got in.
+none_connected() {
+  python3 -c 'import json, sys; r = json.loads(sys.argv[1]); sys.exit(0 if r.get("subscribers", 0) > 0 and r.get("subscribed", 0) == 0 else 1)' "$1" 2>/dev/null
 }
 
 summary_of() {
