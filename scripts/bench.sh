@@ -76,6 +76,10 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 RUNS=$OUT/runs.jsonl
 : >"$RUNS"
+# Each run's peer and bench stderr, as logs/<round>-<case>-<peer>*.log.
+LOGS=$OUT/logs
+mkdir -p "$LOGS"
+LOG_TAG=setup
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 note() { printf '    %s\n' "$*" >&2; }
@@ -243,7 +247,7 @@ wait_http() {
     fi
     sleep 0.1
   done
-  echo "$what did not answer $url within 20 s (logs in $OUT)" >&2
+  echo "$what did not answer $url within 20 s (logs in $LOGS)" >&2
   return 1
 }
 
@@ -274,7 +278,7 @@ start_peer() {
       if [ "$name" = switchboard-nats ]; then
         local nport=$((PORT_BASE + 2))
         "${PIN_SERVER[@]}" "$NATS_SERVER_BIN" -js -sd "$tmp/js" -a 127.0.0.1 -p "$nport" \
-          >"$OUT/nats-server.log" 2>&1 &
+          >"$LOGS/$LOG_TAG-nats-server.log" 2>&1 &
         STARTED+=($!)
         for _ in $(seq 100); do
           (exec 3<>"/dev/tcp/127.0.0.1/$nport") 2>/dev/null && break
@@ -285,7 +289,7 @@ start_peer() {
       PEER_GRPC=127.0.0.1:$((PORT_BASE + 1))
       "${PIN_SERVER[@]}" "$SB" standalone --http-addr "127.0.0.1:$port" \
         --grpc-addr "$PEER_GRPC" "${SB_FLAGS[@]}" "${nats[@]}" \
-        >"$OUT/$name.log" 2>&1 &
+        >"$LOGS/$LOG_TAG.log" 2>&1 &
       PEER_PID=$!
       STARTED+=("$PEER_PID")
       PEER_PROTOCOL=(--protocol switchboard)
@@ -297,14 +301,14 @@ start_peer() {
       sed -e "s#@DIR@#$tmp#g" -e "s#@PORT@#$port#g" -e "s#@FDS@#$FD_LIMIT#g" \
         -e "s#@USER@#$user#g" bench/peers/nginx/nginx.conf.in >"$tmp/nginx.conf"
       "${PIN_SERVER[@]}" "$NGINX_BIN" -p "$tmp" -c "$tmp/nginx.conf" -e "$tmp/error.log" \
-        >"$OUT/nchan.log" 2>&1 &
+        >"$LOGS/$LOG_TAG.log" 2>&1 &
       local master=$!
       STARTED+=("$master")
       wait_http "$PEER_URL/" nginx
       PEER_PID=$(pgrep -P "$master" | head -1)
       ;;
     node)
-      "${PIN_SERVER[@]}" node bench/peers/node/server.js "$port" >"$OUT/node.log" 2>&1 &
+      "${PIN_SERVER[@]}" node bench/peers/node/server.js "$port" >"$LOGS/$LOG_TAG.log" 2>&1 &
       PEER_PID=$!
       STARTED+=("$PEER_PID")
       wait_http "$PEER_URL/" node
@@ -312,7 +316,7 @@ start_peer() {
     fastapi)
       "${PIN_SERVER[@]}" "$VENV/bin/uvicorn" app:app --app-dir bench/peers/fastapi \
         --host 127.0.0.1 --port "$port" --workers 1 --backlog 4096 \
-        --no-access-log --log-level warning >"$OUT/fastapi.log" 2>&1 &
+        --no-access-log --log-level warning >"$LOGS/$LOG_TAG.log" 2>&1 &
       PEER_PID=$!
       STARTED+=("$PEER_PID")
       wait_http "$PEER_URL/docs" fastapi
@@ -383,6 +387,8 @@ measure() {
 measure_once() {
   local round=$1 case=$2 peer=$3
   shift 4
+  LOG_TAG=r$round-$case-$peer
+  [ "$attempt" -eq 1 ] || LOG_TAG=$LOG_TAG-retry
   if ! start_peer "$peer"; then
     printf '{"round":%d,"case":"%s","peer":"%s","error":"peer did not start"}\n' \
       "$round" "$case" "$peer" >>"$RUNS"
@@ -403,7 +409,7 @@ measure_once() {
   local report rc=0 cpu0 wall0 cpu1 wall1 server_cpu
   cpu0=$(server_ticks) wall0=$(date +%s%N)
   # The bench bounds itself; `timeout` is the backstop for a wedged run.
-  report=$(timeout -k 5 600 "${PIN_CLIENT[@]}" "$SB" bench "${args[@]}" 2>>"$OUT/bench.stderr") || rc=$?
+  report=$(timeout -k 5 600 "${PIN_CLIENT[@]}" "$SB" bench "${args[@]}" 2>"$LOGS/$LOG_TAG-bench.log") || rc=$?
   cpu1=$(server_ticks) wall1=$(date +%s%N)
   # The server side's CPU over the run, as a fraction of its one core.
   server_cpu=$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v ns=$((wall1 - wall0)) \
@@ -423,7 +429,7 @@ measure_once() {
   else
     printf '{"round":%d,"case":"%s","peer":"%s","command":%s,"error":"bench exited %d"}\n' \
       "$round" "$case" "$peer" "$command" "$rc" >>"$RUNS"
-    note "$case $peer: bench exited $rc (see $OUT/bench.stderr)"
+    note "$case $peer: bench exited $rc (see $LOGS/$LOG_TAG-bench.log)"
   fi
   cleanup_peer
 }
@@ -499,7 +505,9 @@ log "writing to $OUT ($ROUNDS round(s)${QUICK:+, quick}); server on CPU $SERVER_
   echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')"
   echo "date $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "kernel $(uname -r)"
-  echo "cpu $(lscpu | sed -n 's/^Model name: *//p' | head -1), $CORES cores"
+  echo "cpu $(lscpu | sed -n 's/^Model name: *//p' | head -1), $CORES cores$(lscpu | sed -n 's/^Hypervisor vendor: */, hypervisor /p' | head -1)"
+  echo "memory $(free -m | awk '/^Mem:/ { printf "%.1f GiB", $2 / 1024 }')"
+  echo "pinning server CPU $SERVER_CPU, generator CPU $CLIENT_CPU (taskset); open files $FD_LIMIT"
   echo "rustc $(rustc --version 2>/dev/null | cut -d' ' -f2)"
   echo "switchboard $("$SB" --version 2>/dev/null | cut -d' ' -f2)"
   has nchan "$PEERS" && echo "nginx $("$NGINX_BIN" -v 2>&1 | sed 's#.*/##'), nchan $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null)"
