@@ -54,6 +54,16 @@ if ! command -v docker-compose >/dev/null 2>&1; then
   log "installing docker-compose v1 (Debian, without the engine)"
   apt_install docker-compose
 fi
+# Node.js and the npm packages of the Node benchmark peer (bench/peers/node),
+# which the raw-protocol tests of `switchboard bench` run against.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  log "installing nodejs and npm (Debian)"
+  apt_install nodejs npm
+fi
+if [ ! -d bench/peers/node/node_modules/ws ]; then
+  log "installing the Node benchmark peer's packages (npm: ws)"
+  npm install --prefix bench/peers/node --no-audit --no-fund --loglevel=error >/dev/null
+fi
 # pip puts console scripts here; a pyenv shim may not exist for them yet.
 PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 python3 -c 'import yaml' 2>/dev/null || pip_install pyyaml

@@ -116,6 +116,70 @@ impl FromStr for PubTransport {
     }
 }
 
+/// The wire protocol spoken to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protocol {
+    /// Switchboard's own (§3, §4, §5): subscribe frames, `subscribed`
+    /// confirmations, JSON events, acknowledged publishes.
+    Switchboard,
+    /// A bare pub/sub endpoint pair, so the same generator can drive other
+    /// servers (nginx + Nchan, a Node `ws` broadcast, FastAPI …): publish is
+    /// `POST` of the payload as the body (any 2xx is the acknowledgement),
+    /// every WebSocket text frame or SSE `data:` event is one payload
+    /// verbatim, and a subscriber counts as subscribed once the upgrade (or
+    /// the SSE response head) arrived.
+    Raw(RawPaths),
+}
+
+impl Protocol {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Switchboard => "switchboard",
+            Self::Raw(_) => "raw",
+        }
+    }
+
+    pub fn is_raw(&self) -> bool {
+        matches!(self, Self::Raw(_))
+    }
+}
+
+/// Path templates of the raw protocol; `{room}` is replaced by the room
+/// name. The defaults mirror Nchan's usual pub/sub locations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPaths {
+    /// `POST` target of a publish (default `/pub/{room}`).
+    pub publish: String,
+    /// WebSocket upgrade and SSE `GET` target (default `/sub/{room}`): the
+    /// peers tell the two apart by the `Upgrade` and `Accept` headers.
+    pub subscribe: String,
+}
+
+impl Default for RawPaths {
+    fn default() -> Self {
+        Self {
+            publish: "/pub/{room}".to_owned(),
+            subscribe: "/sub/{room}".to_owned(),
+        }
+    }
+}
+
+impl RawPaths {
+    fn validate(&self) -> Result<(), BenchError> {
+        for (flag, template) in [
+            ("--raw-pub-path", &self.publish),
+            ("--raw-sub-path", &self.subscribe),
+        ] {
+            if !template.starts_with('/') || !template.contains("{room}") {
+                return Err(BenchError::Config(format!(
+                    "{flag} {template:?}: a path starting with / that contains {{room}}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where the report goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
@@ -257,6 +321,19 @@ impl Target {
             self.authority, self.prefix
         )
     }
+
+    /// `template` (a [`RawPaths`] path) for `room`, under the prefix.
+    pub fn raw_path(&self, template: &str, room: &str) -> String {
+        format!("{}{}", self.prefix, template.replace("{room}", room))
+    }
+
+    pub fn raw_ws_url(&self, template: &str, room: &str) -> String {
+        format!("ws://{}{}", self.authority, self.raw_path(template, room))
+    }
+
+    pub fn raw_http_url(&self, template: &str, room: &str) -> String {
+        format!("http://{}{}", self.authority, self.raw_path(template, room))
+    }
 }
 
 /// The gRPC address (`host:50051` or `http://host:50051`).
@@ -303,6 +380,7 @@ impl GrpcTarget {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub target: Target,
+    pub protocol: Protocol,
     pub grpc: Option<GrpcTarget>,
     pub scenario: Scenario,
     pub subscribe: SubTransport,
@@ -322,6 +400,10 @@ pub struct Config {
     pub messages: u64,
     pub drain_timeout: Duration,
     pub setup_timeout: Duration,
+    /// Fan-out: a pause after every subscriber is in and before publishing
+    /// starts, for servers whose "subscribed" signal (raw: the upgrade or
+    /// response head) may come just before the subscription takes effect.
+    pub settle: Duration,
     /// Connections being opened at once.
     pub concurrency: usize,
     pub payload_bytes: usize,
@@ -378,6 +460,20 @@ impl Config {
         let wants_grpc = self.subscribe == SubTransport::Grpc
             || (matches!(self.scenario, Scenario::Fanout | Scenario::Publish)
                 && self.publish == PubTransport::Grpc);
+        if let Protocol::Raw(paths) = &self.protocol {
+            paths.validate()?;
+            if self.subscribe == SubTransport::Grpc {
+                return bad("--protocol raw subscribes over ws or sse, not grpc".into());
+            }
+            if matches!(self.scenario, Scenario::Fanout | Scenario::Publish)
+                && self.publish != PubTransport::Http
+            {
+                return bad(format!(
+                    "--protocol raw publishes over http (POST to --raw-pub-path), not {}",
+                    self.publish.name()
+                ));
+            }
+        }
         if wants_grpc && self.grpc.is_none() {
             return bad(
                 "gRPC transport chosen: give the gRPC address with --grpc host:port".into(),
@@ -413,6 +509,27 @@ mod tests {
         );
         assert!(Target::parse("https://x").is_err());
         assert!(Target::parse("ftp://x").is_err());
+    }
+
+    #[test]
+    fn raw_paths_fill_in_the_room_under_the_prefix() {
+        let t = Target::parse("http://127.0.0.1:9000/nchan").expect("parses");
+        let paths = RawPaths::default();
+        assert_eq!(
+            t.raw_ws_url(&paths.subscribe, "r-1"),
+            "ws://127.0.0.1:9000/nchan/sub/r-1"
+        );
+        assert_eq!(t.raw_path(&paths.subscribe, "r-1"), "/nchan/sub/r-1");
+        assert_eq!(
+            t.raw_http_url("/rooms/{room}/pub", "r"),
+            "http://127.0.0.1:9000/nchan/rooms/r/pub"
+        );
+        assert!(paths.validate().is_ok());
+        let no_room = RawPaths {
+            publish: "/pub".into(),
+            ..RawPaths::default()
+        };
+        assert!(no_room.validate().is_err());
     }
 
     #[test]

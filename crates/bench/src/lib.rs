@@ -9,7 +9,10 @@
 //! in the payload, latency histograms, its own CPU use and the report (one
 //! JSON line, plus a human summary). It must not touch server internals: it
 //! speaks only the wire protocols of the spec, as any client would, so it
-//! measures what a user of the deployment would see. Flag parsing belongs
+//! measures what a user of the deployment would see. A second, bare
+//! protocol ([`Protocol::Raw`]: `POST` a body, receive it verbatim over
+//! WebSocket or SSE) lets the same generator, with the same checks, drive
+//! the peers Switchboard is compared with. Flag parsing belongs
 //! to the binary; this crate takes a validated [`Config`].
 
 mod config;
@@ -23,7 +26,8 @@ mod sys;
 mod track;
 
 pub use config::{
-    Config, GrpcTarget, OutputFormat, PubTransport, Scenario, SourceAddrs, SubTransport, Target,
+    Config, GrpcTarget, OutputFormat, Protocol, PubTransport, RawPaths, Scenario, SourceAddrs,
+    SubTransport, Target,
 };
 pub use report::Report;
 

@@ -22,6 +22,8 @@ use tonic::transport::Channel;
 /// What every lane of a run shares: the budget, the deadline and counters.
 pub struct PubShared {
     pub run: u32,
+    /// The raw protocol: the payload is the whole body, any 2xx acknowledges.
+    pub raw: bool,
     pub payload_bytes: usize,
     pub rooms: Arc<[String]>,
     /// Publish attempts left over all lanes (`--messages`).
@@ -50,6 +52,7 @@ impl PubShared {
         let cells = lanes * rooms.len();
         Self {
             run,
+            raw: config.protocol.is_raw(),
             payload_bytes: config.payload_bytes,
             rooms,
             budget: AtomicU64::new(config.messages),
@@ -123,7 +126,8 @@ fn definitely_refused(code: &str) -> bool {
     )
 }
 
-/// One HTTP lane: `POST /api/rooms/{room}/messages`, one at a time.
+/// One HTTP lane: `POST /api/rooms/{room}/messages` (raw: `POST` of the
+/// bare payload to the room's publish path), one at a time.
 pub async fn http_lane(
     client: reqwest::Client,
     urls: Arc<[String]>,
@@ -152,11 +156,30 @@ pub async fn http_lane(
         shared.attempts.fetch_add(1, Ordering::Relaxed);
         let Some(url) = urls.get(room) else { break };
         let started = Instant::now();
-        let body = serde_json::json!({"text": text, "id": id});
-        let stored = match client.post(url).json(&body).send().await {
-            Ok(response) if response.status() == reqwest::StatusCode::CREATED => {
+        let request = if shared.raw {
+            client
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "text/plain")
+                .body(text)
+        } else {
+            client
+                .post(url)
+                .json(&serde_json::json!({"text": text, "id": id}))
+        };
+        let stored = match request.send().await {
+            Ok(response)
+                if response.status() == reqwest::StatusCode::CREATED
+                    || (shared.raw && response.status().is_success()) =>
+            {
                 shared.ack(lane, room, started);
                 true
+            }
+            // A peer without error codes: a 4xx refused the message, a 5xx
+            // may have broadcast it before failing.
+            Ok(response) if shared.raw => {
+                let status = response.status();
+                shared.errors.add(&format!("http_{}", status.as_u16()));
+                status.is_server_error()
             }
             Ok(response) => {
                 let status = response.status().as_u16();

@@ -47,6 +47,8 @@ pub struct Cpu {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: &'static str,
+    /// `switchboard` or `raw` (a peer's bare pub/sub endpoints).
+    pub protocol: &'static str,
     pub url: String,
     pub subscribe_transport: &'static str,
     pub publish_transport: Option<&'static str>,
@@ -92,8 +94,8 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "switchboard bench {} against {} ({:.2}s)",
-            self.scenario, self.url, self.duration_s
+            "switchboard bench {} against {} ({} protocol, {:.2}s)",
+            self.scenario, self.url, self.protocol, self.duration_s
         );
         let _ = writeln!(
             s,

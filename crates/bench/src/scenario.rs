@@ -1,7 +1,7 @@
 //! The four scenarios, each bounded by the run's deadlines.
 
 use crate::BenchError;
-use crate::config::{Config, PubTransport, Scenario};
+use crate::config::{Config, Protocol, PubTransport, Scenario};
 use crate::net::Dialer;
 use crate::payload;
 use crate::publish::{self, PubShared};
@@ -113,6 +113,7 @@ fn base_report(run: &Run, subscribers: usize) -> Report {
     let publishing = matches!(c.scenario, Scenario::Fanout | Scenario::Publish);
     Report {
         scenario: c.scenario.name(),
+        protocol: c.protocol.name(),
         url: format!("http://{}{}", c.target.authority, c.target.prefix),
         subscribe_transport: c.subscribe.name(),
         publish_transport: publishing.then(|| c.publish.name()),
@@ -163,8 +164,13 @@ async fn open_subscriber(run: &Run, i: usize) -> Result<(usize, Subscription), F
     let room = i % run.rooms.len();
     let user = format!("{}-sub", c.user_prefix);
     let room_name = run.rooms.get(room).map_or("", String::as_str);
-    let ws_url = c.target.ws_url(&user);
-    let sse_path = c.target.sse_path(room_name, &user);
+    let (ws_url, sse_path) = match &c.protocol {
+        Protocol::Switchboard => (c.target.ws_url(&user), c.target.sse_path(room_name, &user)),
+        Protocol::Raw(paths) => (
+            c.target.raw_ws_url(&paths.subscribe, room_name),
+            c.target.raw_path(&paths.subscribe, room_name),
+        ),
+    };
     let grpc_uri = c.grpc.as_ref().map_or("", |g| g.uri.as_str());
     let dialer = match c.subscribe {
         crate::SubTransport::Grpc => run.grpc.as_ref().unwrap_or(&run.http),
@@ -178,6 +184,7 @@ async fn open_subscriber(run: &Run, i: usize) -> Result<(usize, Subscription), F
         grpc_uri,
         room: room_name,
         user: &user,
+        raw: c.protocol.is_raw(),
     };
     match tokio::time::timeout(c.setup_timeout, Subscription::open(c.subscribe, &to)).await {
         Ok(Ok(sub)) => Ok((room, sub)),
@@ -305,6 +312,10 @@ async fn fanout(run: &Arc<Run>) -> Result<Report, BenchError> {
     let stop = CancellationToken::new();
     let (handles, per_room) = open_subscribers(run, subscribers, &stop, true).await;
     report.subscribed = per_room.iter().sum();
+    // Bounded by the flag; a plain wait, before the clock starts.
+    if !c.settle.is_zero() {
+        tokio::time::sleep(c.settle).await;
+    }
 
     // Publishers: connections first, then the clock starts.
     let request_timeout = c.drain_timeout.max(Duration::from_secs(5));
@@ -334,7 +345,10 @@ async fn fanout(run: &Arc<Run>) -> Result<Report, BenchError> {
                 let urls: Arc<[String]> = run
                     .rooms
                     .iter()
-                    .map(|r| c.target.publish_url(r, &user))
+                    .map(|r| match &c.protocol {
+                        Protocol::Switchboard => c.target.publish_url(r, &user),
+                        Protocol::Raw(paths) => c.target.raw_http_url(&paths.publish, r),
+                    })
                     .collect();
                 Ok(PubConn::Http(client, urls))
             }

@@ -28,7 +28,7 @@ impl Failure {
 
 /// What a subscriber receives after `subscribed`.
 pub enum Incoming {
-    /// The text of a `message` event.
+    /// The text of a `message` event (raw: the whole frame or event data).
     Message(String),
     /// Anything else (join/leave, heartbeats, pings).
     Other,
@@ -106,6 +106,10 @@ pub enum Subscription {
     Ws(Box<Ws>),
     Sse(Box<SseStream>),
     Grpc(Box<GrpcSub>),
+    /// Raw protocol: every text frame is a payload.
+    RawWs(Box<Ws>),
+    /// Raw protocol: every `data:` event is a payload.
+    RawSse(Box<SseStream>),
 }
 
 /// A gRPC `Subscribe` stream and the channel (connection) it runs on.
@@ -123,11 +127,25 @@ pub struct SubscribeTo<'a> {
     pub grpc_uri: &'a str,
     pub room: &'a str,
     pub user: &'a str,
+    /// The raw protocol: no subscribe frame, no `subscribed` to wait for.
+    pub raw: bool,
 }
 
 impl Subscription {
     /// Connects, subscribes and returns once the server said `subscribed`.
+    /// Raw: returns once the upgrade (or the SSE response head) arrived.
     pub async fn open(kind: crate::SubTransport, to: &SubscribeTo<'_>) -> Result<Self, Failure> {
+        if to.raw {
+            return match kind {
+                crate::SubTransport::Ws => {
+                    Ok(Self::RawWs(Box::new(open_ws(to.dialer, to.ws_url).await?)))
+                }
+                crate::SubTransport::Sse => Ok(Self::RawSse(Box::new(
+                    SseStream::open(to.dialer, to.authority, to.sse_path).await?,
+                ))),
+                crate::SubTransport::Grpc => Err(Failure::new("unsupported")),
+            };
+        }
         match kind {
             crate::SubTransport::Ws => {
                 let mut ws = open_ws(to.dialer, to.ws_url).await?;
@@ -237,12 +255,25 @@ impl Subscription {
                 Ok(None) => Ok(None),
                 Err(status) => Err(status_code(&status)),
             },
+            Self::RawWs(ws) => match ws.next().await {
+                Some(Ok(Message::Text(text))) => Ok(Some(Incoming::Message(text.as_str().into()))),
+                Some(Ok(Message::Binary(bytes))) => Ok(Some(
+                    String::from_utf8(bytes.to_vec()).map_or(Incoming::Other, Incoming::Message),
+                )),
+                Some(Ok(Message::Close(_))) | None => Ok(None),
+                Some(Ok(_)) => Ok(Some(Incoming::Other)),
+                Some(Err(_)) => Err(Failure::new("io_error")),
+            },
+            Self::RawSse(sse) => Ok(sse
+                .next_event()
+                .await?
+                .map(|(_, data)| Incoming::Message(data))),
         }
     }
 
     /// Ends the subscription politely where the protocol has a way to.
     pub async fn close(self) {
-        if let Self::Ws(mut ws) = self {
+        if let Self::Ws(mut ws) | Self::RawWs(mut ws) = self {
             let _ = WebSocketStream::close(&mut *ws, None).await;
         }
     }

@@ -6,16 +6,60 @@ use crate::config::parse_duration;
 use clap::Args;
 use std::time::Duration;
 use switchboard_bench::{
-    BenchError, Config, GrpcTarget, OutputFormat, PubTransport, Scenario, SourceAddrs,
-    SubTransport, Target,
+    BenchError, Config, GrpcTarget, OutputFormat, Protocol, PubTransport, RawPaths, Scenario,
+    SourceAddrs, SubTransport, Target,
 };
+
+/// The wire protocol flag: Switchboard's own, or a peer's bare pub/sub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProtocolArg {
+    Switchboard,
+    Raw,
+}
+
+/// Settle time of the raw protocol unless `--settle` says otherwise: its
+/// "subscribed" is the upgrade or response head, which some servers send
+/// just before the subscription is registered (uvicorn, for one).
+const RAW_SETTLE: Duration = Duration::from_millis(250);
+
+const EXAMPLES: &str = "\
+Examples:
+  # 1000 WebSocket subscribers in one room, as fast as 2 publishers x 16 in flight allow:
+  switchboard bench http://localhost:8080 --subscribers 1000 --publishers 2 --window 16 --duration 10s
+
+  # The same load against a peer's bare pub/sub endpoints (nginx + Nchan, Node ws, FastAPI):
+  # POST /pub/{room} publishes the body, /sub/{room} is the WebSocket or SSE subscription.
+  switchboard bench http://127.0.0.1:8090 --protocol raw --subscribe sse --subscribers 1000 --window 16
+
+  # 10k idle subscribed connections and the server's RSS per connection:
+  switchboard bench http://localhost:8080 --scenario idle --connections 10000 \\
+      --source-addrs 127.0.0.1-127.0.0.4 --server-pid \"$(pgrep -n switchboard)\"
+
+scripts/bench.sh runs the side-by-side comparison (README, Benchmarking).";
 
 /// `switchboard bench URL [flags]`: a bounded load run against a deployment.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = EXAMPLES)]
 pub struct BenchArgs {
     /// Base URL of a gateway or standalone server: `http://host:8080`
     /// (`ws://host:8080/ws` is accepted too).
     pub url: String,
+    /// switchboard (the server's own protocol) | raw (a peer's bare pub/sub:
+    /// POST the payload to --raw-pub-path, receive it verbatim as WebSocket
+    /// text frames or SSE data on --raw-sub-path; publishers over http).
+    #[arg(long, value_enum, default_value = "switchboard")]
+    pub protocol: ProtocolArg,
+    /// Raw protocol: the publish path, `{room}` replaced by the room.
+    #[arg(long, default_value = "/pub/{room}")]
+    pub raw_pub_path: String,
+    /// Raw protocol: the WebSocket and SSE subscribe path.
+    #[arg(long, default_value = "/sub/{room}")]
+    pub raw_sub_path: String,
+    /// Pause between the last subscriber being in and the first publish
+    /// (default: 0s; 250ms with --protocol raw, whose "subscribed" is only
+    /// the upgrade or response head).
+    #[arg(long, value_parser = parse_duration)]
+    pub settle: Option<Duration>,
     /// fanout | publish | idle | connect.
     #[arg(long, default_value = "fanout")]
     pub scenario: Scenario,
@@ -25,9 +69,10 @@ pub struct BenchArgs {
     /// Subscriber transport: ws | sse | grpc.
     #[arg(long = "subscribe", default_value = "ws")]
     pub subscribe: SubTransport,
-    /// Publisher transport: http | ws | grpc.
-    #[arg(long = "publish", default_value = "ws")]
-    pub publish: PubTransport,
+    /// Publisher transport: http | ws | grpc (default ws; http with
+    /// --protocol raw).
+    #[arg(long = "publish")]
+    pub publish: Option<PubTransport>,
     /// Subscribers (fanout: default 100; publish: default 0).
     #[arg(long)]
     pub subscribers: Option<usize>,
@@ -92,12 +137,31 @@ impl BenchArgs {
                 self.connections.or(self.subscribers).unwrap_or(1000)
             }
         };
+        let protocol = match self.protocol {
+            ProtocolArg::Switchboard => Protocol::Switchboard,
+            ProtocolArg::Raw => Protocol::Raw(RawPaths {
+                publish: self.raw_pub_path.clone(),
+                subscribe: self.raw_sub_path.clone(),
+            }),
+        };
+        let publish = self.publish.unwrap_or(if protocol.is_raw() {
+            PubTransport::Http
+        } else {
+            PubTransport::Ws
+        });
+        let settle = self.settle.unwrap_or(if protocol.is_raw() {
+            RAW_SETTLE
+        } else {
+            Duration::ZERO
+        });
         Ok(Config {
             target: Target::parse(&self.url)?,
+            protocol,
+            settle,
             grpc: self.grpc.as_deref().map(GrpcTarget::parse).transpose()?,
             scenario: self.scenario,
             subscribe: self.subscribe,
-            publish: self.publish,
+            publish,
             connections,
             publishers: self.publishers,
             rooms: self.rooms,

@@ -346,3 +346,112 @@ fn bad_arguments_fail_clearly() {
     assert!(!ok);
     assert!(stderr.contains("duration"), "{stderr}");
 }
+
+/// The raw protocol against a real peer (bench/peers/node: Node `ws` and a
+/// plain `http` SSE broadcast), as scripts/bench.sh drives nginx + Nchan,
+/// Node and FastAPI. `None` (the test says it skipped) without Node.
+fn node_peer() -> Option<common::peers::NodePeer> {
+    let peer = common::peers::NodePeer::start();
+    if peer.is_none() {
+        eprintln!("skipped: node not found (scripts/test.sh installs it)");
+    }
+    peer
+}
+
+fn raw_fanout(subscribe: &str) {
+    let Some(peer) = node_peer() else { return };
+    let (report, stderr) = bench(&[
+        &peer.url(),
+        "--protocol",
+        "raw",
+        "--subscribe",
+        subscribe,
+        "--subscribers",
+        "20",
+        "--rooms",
+        "2",
+        "--window",
+        "4",
+        "--messages",
+        "200",
+        "--duration",
+        "3s",
+        "--settle",
+        "50ms",
+    ]);
+    assert_eq!(report["protocol"], "raw", "{report}");
+    assert_eq!(report["subscribe_transport"], subscribe);
+    // Publishers default to http in raw mode: a POST of the bare payload.
+    assert_eq!(report["publish_transport"], "http");
+    // 200 messages over 2 rooms, 10 subscribers in each.
+    assert_clean_fanout(&report, 20, 200, 10 * 200);
+    assert!(stderr.contains("raw protocol"), "{stderr}");
+}
+
+#[test]
+fn raw_fanout_ws_against_node_peer() {
+    raw_fanout("ws");
+}
+
+#[test]
+fn raw_fanout_sse_against_node_peer() {
+    raw_fanout("sse");
+}
+
+#[test]
+fn raw_idle_and_connect_against_node_peer() {
+    let Some(peer) = node_peer() else { return };
+    let pid = peer.pid().to_string();
+    for subscribe in ["ws", "sse"] {
+        let (report, _) = bench(&[
+            &peer.url(),
+            "--protocol",
+            "raw",
+            "--scenario",
+            "idle",
+            "--subscribe",
+            subscribe,
+            "--connections",
+            "100",
+            "--duration",
+            "500ms",
+            "--server-pid",
+            &pid,
+        ]);
+        assert_eq!(u(&report, "connections"), 100, "{report}");
+        assert!(u(&report, "rss_after") > 0, "{report}");
+        assert!(report["rss_per_connection"].is_number(), "{report}");
+        assert_eq!(u(&report, "error_total"), 0, "{report}");
+    }
+    let (report, _) = bench(&[
+        &peer.url(),
+        "--protocol",
+        "raw",
+        "--scenario",
+        "connect",
+        "--connections",
+        "100",
+        "--concurrency",
+        "10",
+    ]);
+    assert_eq!(u(&report, "connections"), 100, "{report}");
+    assert_latency(&report, "connect_latency_us");
+    assert_eq!(u(&report, "error_total"), 0, "{report}");
+}
+
+/// Raw mode speaks only what a bare pub/sub peer has: no gRPC, no
+/// WebSocket publishing, and paths must name the room.
+#[test]
+fn raw_protocol_refuses_what_it_cannot_speak() {
+    for args in [
+        &["--subscribe", "grpc", "--grpc", "127.0.0.1:1"][..],
+        &["--publish", "ws"][..],
+        &["--raw-pub-path", "/pub"][..],
+    ] {
+        let mut all = vec!["http://127.0.0.1:1", "--protocol", "raw"];
+        all.extend_from_slice(args);
+        let (ok, _, stderr) = bench_raw(&all);
+        assert!(!ok, "{args:?} refused");
+        assert!(stderr.contains("raw"), "{args:?}: {stderr}");
+    }
+}

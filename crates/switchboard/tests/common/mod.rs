@@ -3,6 +3,7 @@
 //! wait is bounded by [`WAIT`].
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod peers;
 pub mod procs;
 
 use clap::Parser;
