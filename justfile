@@ -25,6 +25,10 @@ fmt:
 release:
     cargo build --release
 
+# Side-by-side benchmark against Nchan, Node and FastAPI (docs/BENCHMARKS.md), e.g. `just bench --quick`.
+bench *ARGS:
+    ./scripts/bench.sh {{ARGS}}
+
 # Distributed demo (Docker): HAProxy :8080, Jaeger :16686, Prometheus :9090, Grafana :3000.
 up:
     {{compose}} up --build --detach

@@ -482,9 +482,14 @@ peers_of() {
   printf '%s\n' "${out[@]}"
 }
 
+# The peer lists of the cases, passed to run_case by name.
+# shellcheck disable=SC2034
 ALL=(switchboard switchboard-nats nchan node fastapi)
+# shellcheck disable=SC2034
 NO_NATS=(switchboard nchan node fastapi)
+# shellcheck disable=SC2034
 SB_BOTH=(switchboard switchboard-nats)
+# shellcheck disable=SC2034
 SB_ONLY=(switchboard)
 
 run_case() {
