@@ -249,7 +249,9 @@ async fn read_head(stream: &mut TimedStream) -> io::Result<Vec<u8>> {
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let complete = head.windows(4).any(|w| w == b"\r\n\r\n");
+        // Only the new bytes (and the three before them) can complete it.
+        let from = head.len().saturating_sub(n + 3);
+        let complete = head[from..].windows(4).any(|w| w == b"\r\n\r\n");
         if complete || head.len() >= MAX_HEAD {
             return Ok(head);
         }

@@ -201,15 +201,6 @@ impl QueueReceiver {
         self.pop(&mut state)
     }
 
-    /// Items queued now.
-    pub fn len(&self) -> usize {
-        self.inner.lock().items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn pop(&self, state: &mut State) -> Option<Outbound> {
         let was_full = state.items.len() >= self.inner.capacity;
         let item = state.items.pop_front()?;

@@ -19,9 +19,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 /// Bytes read per `read` syscall. On the stack of one poll, never kept.
 const READ_CHUNK: usize = 4096;
 
-/// A write buffer above this after a flush is given back: a burst or a
-/// replay should not stay allocated per connection.
-const KEEP_WRITE_BUFFER: usize = 16 * 1024;
+/// A write or reassembly buffer above this is given back once used: a
+/// burst, a replay or a long message should not stay per connection.
+const KEEP_BUFFER: usize = 16 * 1024;
 
 /// What the peer sent, borrowed from the reader until the next call.
 #[derive(Debug)]
@@ -91,7 +91,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
         if self.message_done {
             self.message_done = false;
             self.message.clear();
-            if self.message.capacity() > KEEP_WRITE_BUFFER {
+            if self.message.capacity() > KEEP_BUFFER {
                 self.message = Vec::new();
             }
         }
@@ -245,7 +245,7 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         }
         self.buf.clear();
         self.written = 0;
-        if self.buf.capacity() > KEEP_WRITE_BUFFER {
+        if self.buf.capacity() > KEEP_BUFFER {
             self.buf = Vec::new();
         }
         self.io.flush().await
