@@ -58,6 +58,10 @@ CASES = {
         "B. fixed rate fan-out, SSE (latency)",
         [("p50", _lat("p50"), False, _fmt_us), ("p99", _lat("p99"), False, _fmt_us), DELIVERIES],
     ),
+    "B5-ws": (
+        "B. latency floor: 5 msgs/s fan-out, WebSocket (both cores mostly idle)",
+        [("p50", _lat("p50"), False, _fmt_us), ("p99", _lat("p99"), False, _fmt_us), DELIVERIES],
+    ),
     "C-ws": ("C. idle subscribed WebSockets: server RSS", [("RSS/conn", _rss, False, _fmt_kib)]),
     "C-sse": ("C. idle subscribed SSE streams: server RSS", [("RSS/conn", _rss, False, _fmt_kib)]),
     "C-ws-100k": (

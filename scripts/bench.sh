@@ -459,6 +459,8 @@ A_ARGS=(--scenario fanout --publish http --subscribers "$SUBS" --payload-bytes 6
   --messages "$A_MSGS" --duration 10s --drain-timeout 15s --setup-timeout 30s)
 B_ARGS=(--scenario fanout --publish http --subscribers "$B_SUBS" --payload-bytes 64 --publishers 1 --window 16
   --rate "$B_RATE" --duration "$B_TIME" --drain-timeout 5s --setup-timeout 30s)
+B5_ARGS=(--scenario fanout --publish http --subscribers "$B_SUBS" --payload-bytes 64 --publishers 1 --window 1
+  --rate 5 --duration "$B_TIME" --drain-timeout 5s --setup-timeout 30s)
 C_ARGS=(--scenario idle --connections "$IDLE" --rooms 100 --duration "$HOLD" --concurrency 200
   --setup-timeout 60s --source-addrs "$SOURCES")
 D_ARGS=(--scenario connect --connections "$CONNECTS" --concurrency 100 --duration 30s
@@ -532,6 +534,9 @@ for round in $(seq "$ROUNDS"); do
   if has B "$ONLY"; then
     run_case "$round" B-ws ALL "${B_ARGS[@]}" --subscribe ws
     run_case "$round" B-sse ALL "${B_ARGS[@]}" --subscribe sse
+    # The floor under B: the same fan-out at 5 msgs/s, where neither core
+    # is busy, shows what one message's fan-out costs in wall time.
+    run_case "$round" B5-ws NO_NATS "${B5_ARGS[@]}" --subscribe ws
   fi
   if has C "$ONLY"; then
     run_case "$round" C-ws NO_NATS "${C_ARGS[@]}" --subscribe ws --server-pid-from-peer

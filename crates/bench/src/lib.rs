@@ -24,6 +24,7 @@ mod scenario;
 mod subscribe;
 mod sys;
 mod track;
+mod ws;
 
 pub use config::{
     Config, GrpcTarget, OutputFormat, Protocol, PubTransport, RawPaths, Scenario, SourceAddrs,

@@ -101,11 +101,23 @@ impl PubShared {
     }
 }
 
-/// A ticker for `--rate`; missed ticks are caught up, so the offered rate
-/// holds on average even with a coarse timer.
-pub fn pacer(period: Option<Duration>) -> Option<Interval> {
+/// A ticker for `--rate`, for lane `lane` of `lanes`; missed ticks are
+/// caught up, so the offered rate holds on average even with a coarse timer.
+///
+/// Lanes start a `period / lanes` apart: lanes that ticked together would
+/// offer the rate as bursts of `lanes` publishes, and a burst of 16 into a
+/// room of 1,000 is 16,000 deliveries queued at once, which measured the
+/// burst rather than the latency at the offered rate.
+pub fn pacer(
+    period: Option<Duration>,
+    start: Instant,
+    lane: usize,
+    lanes: usize,
+) -> Option<Interval> {
     period.map(|p| {
-        let mut ticker = tokio::time::interval(p.max(Duration::from_micros(1)));
+        let p = p.max(Duration::from_micros(1));
+        let phase = p.mul_f64(lane as f64 / lanes.max(1) as f64);
+        let mut ticker = tokio::time::interval_at(start + phase, p);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
         ticker
     })
@@ -364,4 +376,25 @@ pub async fn ws_publisher(
     }
     let _ = sink.close().await;
     reader.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lanes of a paced run tick a `period / lanes` apart, so the offered
+    /// rate arrives evenly instead of in bursts of one publish per lane.
+    #[tokio::test]
+    async fn paced_lanes_are_staggered_over_the_period() {
+        let start = Instant::now();
+        let period = Duration::from_millis(40);
+        for lane in 0..4 {
+            let mut ticker = pacer(Some(period), start, lane, 4).expect("paced");
+            let first = ticker.tick().await;
+            let second = ticker.tick().await;
+            assert_eq!(first, start + Duration::from_millis(10 * lane as u64));
+            assert_eq!(second, first + period);
+        }
+        assert!(pacer(None, start, 0, 4).is_none());
+    }
 }

@@ -251,9 +251,14 @@ async fn receive(
 ) -> SubOutcome {
     let mut checks = vec![StreamCheck::default(); if track { run.lanes } else { 0 }];
     let mut last_delivery = None;
+    // Made once: each `cancelled()` registers with the token, which every
+    // subscriber shares, under its mutex.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let next = tokio::select! {
-            () = stop.cancelled() => break,
+            biased;
+            () = &mut stopped => break,
             next = sub.next() => next,
         };
         match next {
@@ -385,7 +390,7 @@ async fn fanout(run: &Arc<Run>) -> Result<Report, BenchError> {
                 p,
                 shared.clone(),
                 c.window,
-                publish::pacer(per_lane_period),
+                publish::pacer(per_lane_period, start, p, run.lanes),
             ))),
             PubConn::Http(client, urls) => {
                 for l in 0..lanes_per {
@@ -394,7 +399,7 @@ async fn fanout(run: &Arc<Run>) -> Result<Report, BenchError> {
                         urls.clone(),
                         p * lanes_per + l,
                         shared.clone(),
-                        publish::pacer(per_lane_period),
+                        publish::pacer(per_lane_period, start, p * lanes_per + l, run.lanes),
                     )));
                 }
             }
@@ -405,7 +410,7 @@ async fn fanout(run: &Arc<Run>) -> Result<Report, BenchError> {
                         user.clone(),
                         p * lanes_per + l,
                         shared.clone(),
-                        publish::pacer(per_lane_period),
+                        publish::pacer(per_lane_period, start, p * lanes_per + l, run.lanes),
                     )));
                 }
             }
