@@ -20,6 +20,7 @@
 mod client;
 mod config;
 mod error;
+mod local;
 mod presence;
 mod read_consumer;
 mod service;

@@ -10,8 +10,8 @@ use async_nats::Client;
 use async_nats::connection::State;
 use futures::StreamExt;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_bus::BusError;
 use switchboard_core::{CoreConfig, CoreError, HistoryQuery};
@@ -35,9 +35,11 @@ const REFRESH_PARALLEL: usize = 16;
 pub struct CoreService {
     ready: Arc<AtomicBool>,
     client: Client,
+    /// The core once set up, for gateways in this process.
+    serving: Arc<OnceLock<Arc<Inner>>>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     subjects: Subjects,
     logs: RoomLogs,
     presence: PresenceStore,
@@ -55,9 +57,11 @@ impl CoreService {
         shutdown: CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), NatsError> {
         let ready = Arc::new(AtomicBool::new(false));
+        let serving = Arc::new(OnceLock::new());
         let service = Self {
             ready: ready.clone(),
             client: client.clone(),
+            serving: serving.clone(),
         };
         let requests = client
             .queue_subscribe(nats.subjects.requests(), nats.subjects.queue_group())
@@ -74,6 +78,7 @@ impl CoreService {
             let Some(inner) = set_up(client, &nats, config, &shutdown).await else {
                 return;
             };
+            let _ = serving.set(inner.clone());
             ready.store(true, Ordering::SeqCst);
             serve(inner, requests, refreshes, nats.presence_ttl, shutdown).await;
             ready.store(false, Ordering::SeqCst);
@@ -84,6 +89,19 @@ impl CoreService {
     /// Ready: the stream and bucket exist and NATS is connected.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst) && self.client.connection_state() == State::Connected
+    }
+
+    /// A bus for a gateway in this process (standalone with NATS): its
+    /// publishes, resumes and history reads are answered by this core
+    /// directly instead of by a request over NATS that this same core
+    /// would answer, and everything else goes through `remote`. See
+    /// [`crate::local`].
+    pub fn local_bus(&self, remote: Arc<crate::NatsBus>) -> Arc<dyn switchboard_bus::Bus> {
+        Arc::new(crate::local::LocalFirstBus::new(
+            remote,
+            self.serving.clone(),
+            self.ready.clone(),
+        ))
     }
 }
 
@@ -281,26 +299,39 @@ impl Inner {
         }
     }
 
+    /// Validates and appends one publish: the one path for requests over
+    /// NATS and for a gateway in this process.
+    pub(crate) async fn publish(
+        &self,
+        room: &RoomName,
+        req: pb::BusPublish,
+    ) -> Result<(Cursor, bool), BusError> {
+        switchboard_core::validate_text(&req.text, self.config.max_text_bytes)?;
+        switchboard_core::validate_user(&req.user)?;
+        let id = (!req.id.is_empty()).then_some(req.id);
+        if let Some(id) = &id {
+            switchboard_core::validate_publish_id(id)?;
+        }
+        let draft = EventFields {
+            room: room.to_string(),
+            r#type: pb::EventType::Message as i32,
+            id: id.clone().unwrap_or_default(),
+            user: req.user,
+            text: req.text,
+            ts_unix_ms: unix_ms(),
+            ..Default::default()
+        };
+        self.logs.append(room, draft, id).await
+    }
+
+    pub(crate) fn logs(&self) -> &RoomLogs {
+        &self.logs
+    }
+
     async fn dispatch(&self, op: Op, room: RoomName, payload: &[u8]) -> Result<Reply, BusError> {
         match op {
             Op::Publish => {
-                let req: pb::BusPublish = decode(payload)?;
-                switchboard_core::validate_text(&req.text, self.config.max_text_bytes)?;
-                switchboard_core::validate_user(&req.user)?;
-                let id = (!req.id.is_empty()).then_some(req.id);
-                if let Some(id) = &id {
-                    switchboard_core::validate_publish_id(id)?;
-                }
-                let draft = EventFields {
-                    room: room.to_string(),
-                    r#type: pb::EventType::Message as i32,
-                    id: id.clone().unwrap_or_default(),
-                    user: req.user,
-                    text: req.text,
-                    ts_unix_ms: unix_ms(),
-                    ..Default::default()
-                };
-                let (cursor, duplicate) = self.logs.append(&room, draft, id).await?;
+                let (cursor, duplicate) = self.publish(&room, decode(payload)?).await?;
                 Ok(Reply::Publish(pb::BusPublishAck {
                     cursor: cursor.to_string(),
                     duplicate,

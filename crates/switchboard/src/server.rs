@@ -112,6 +112,12 @@ pub async fn start(role: Role, args: &ServeArgs) -> Result<Server, StartError> {
             } else {
                 None
             };
+            // With a core in this process, its own requests skip the trip
+            // through nats-server and back (crates/nats/src/local.rs).
+            let bus: Arc<dyn Bus> = match &core {
+                Some(core) => core.local_bus(bus),
+                None => bus,
+            };
             (bus, core)
         }
     };

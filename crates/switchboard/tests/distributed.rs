@@ -260,3 +260,82 @@ async fn standalone_on_nats_and_prefix_isolation() {
         .collect();
     assert_eq!(texts, [json!("for green")]);
 }
+
+/// A standalone on NATS answers its own gateway's publishes, resumes and
+/// history reads in process: none of them crosses NATS as a request (a
+/// raw NATS client listening on the request subjects sees none), the
+/// acknowledged message is stored in JetStream (a separate gateway process
+/// reads it back through a request the standalone's core answers), and
+/// live delivery still comes from the republished subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_on_nats_answers_its_own_requests_in_process() {
+    use futures::StreamExt;
+    let dir = TempDir::new("local-core");
+    let nats = Nats::start(&dir.0);
+    let solo = Service::start("standalone", &nats.url(), &["--nats-prefix", "solo"]);
+    solo.wait_ready(true).await;
+    let watcher = async_nats::connect(nats.url()).await.expect("NATS");
+    let mut requests = watcher.subscribe("solo.req.>").await.expect("subscribe");
+    watcher.flush().await.expect("flush");
+
+    let mut reader = Ws::connect(&solo.ws_url("/ws?user=r")).await;
+    reader.subscribe("local", None).await;
+    let mut writer = Ws::connect(&solo.ws_url("/ws?user=w")).await;
+    let ack = writer.publish("local", "kept", "l-1").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let again = writer.publish("local", "kept", "l-1").await;
+    assert_eq!(
+        again["duplicate"], true,
+        "dedup holds on the local path: {again}"
+    );
+    assert_eq!(again["cursor"], ack["cursor"]);
+    let frame = reader.recv_type("message").await;
+    assert_eq!(frame["cursor"], ack["cursor"]);
+    writer
+        .send(json!({"type":"history","room":"local","limit":10}))
+        .await;
+    let history = writer.recv_type("history").await;
+    let messages = |h: &serde_json::Value| -> Vec<serde_json::Value> {
+        h["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["type"] == "message")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(messages(&history).len(), 1, "{history}");
+
+    // A gateway without a core asks over NATS; the standalone answers.
+    let gateway = Service::start("ws-gateway", &nats.url(), &["--nats-prefix", "solo"]);
+    gateway.wait_ready(true).await;
+    let mut remote = Ws::connect(&gateway.ws_url("/ws?user=x")).await;
+    remote
+        .send(json!({"type":"history","room":"local","limit":10}))
+        .await;
+    let stored = messages(&remote.recv_type("history").await);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["text"], "kept");
+    assert_eq!(stored[0]["cursor"], ack["cursor"]);
+
+    // Everything the standalone's own gateway asked is accounted for: the
+    // only data requests seen on NATS are the remote gateway's history.
+    drop(remote);
+    watcher.flush().await.expect("flush");
+    let mut seen = Vec::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(std::time::Duration::from_millis(300), requests.next()).await
+    {
+        seen.push(message.subject.to_string());
+    }
+    let data: Vec<_> = seen
+        .iter()
+        .filter(|s| {
+            [".publish.", ".resume.", ".history."]
+                .iter()
+                .any(|op| s.contains(op))
+        })
+        .collect();
+    assert_eq!(data, ["solo.req.history.local"], "all requests: {seen:?}");
+    drop(gateway);
+}
