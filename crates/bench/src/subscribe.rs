@@ -316,8 +316,35 @@ enum Chunk {
 const READ_SIZE: usize = 16 * 1024;
 const MAX_HEAD: usize = 64 * 1024;
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads a response head into `raw` (which keeps whatever came after it)
+/// and returns where the head ends (the index of its blank line). A head
+/// over `MAX_HEAD` fails with `too_long`; a connection that ends or fails
+/// first, with `closed` / `io_error`.
+pub(crate) async fn read_head(
+    stream: &mut TcpStream,
+    raw: &mut Vec<u8>,
+    too_long: &str,
+) -> Result<usize, Failure> {
+    loop {
+        if let Some(end) = find(raw, b"\r\n\r\n") {
+            return Ok(end);
+        }
+        if raw.len() > MAX_HEAD {
+            return Err(Failure::new(too_long));
+        }
+        raw.reserve(READ_SIZE);
+        let n = stream
+            .read_buf(raw)
+            .await
+            .map_err(|_| Failure::new("io_error"))?;
+        if n == 0 {
+            return Err(Failure::new("closed"));
+        }
+    }
 }
 
 impl SseDecoder {
@@ -437,21 +464,7 @@ impl SseStream {
             .await
             .map_err(|_| Failure::new("io_error"))?;
         let mut raw = Vec::with_capacity(READ_SIZE);
-        let head_end = loop {
-            if let Some(end) = find(&raw, b"\r\n\r\n") {
-                break end;
-            }
-            if raw.len() > MAX_HEAD {
-                return Err(Failure::new("bad_response"));
-            }
-            let n = stream
-                .read_buf(&mut raw)
-                .await
-                .map_err(|_| Failure::new("io_error"))?;
-            if n == 0 {
-                return Err(Failure::new("closed"));
-            }
-        };
+        let head_end = read_head(&mut stream, &mut raw, "bad_response").await?;
         let head = String::from_utf8_lossy(raw.get(..head_end).unwrap_or_default()).into_owned();
         let rest = raw.get(head_end + 4..).unwrap_or_default().to_vec();
         let status: u16 = head

@@ -10,15 +10,14 @@
 //! one connection each, keep tungstenite.
 
 use crate::net::Dialer;
-use crate::subscribe::Failure;
+use crate::subscribe::{Failure, read_head};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
 
 /// What one read asks the socket for at least.
 const READ_SIZE: usize = 4 * 1024;
-/// Largest response head and largest message a subscriber accepts.
-const MAX_HEAD: usize = 16 * 1024;
+/// Largest message a subscriber accepts.
 const MAX_MESSAGE: usize = 1024 * 1024;
 
 const OP_CONTINUATION: u8 = 0x0;
@@ -83,19 +82,9 @@ impl LeanWs {
             .await
             .map_err(|_| Failure::new("handshake_failed"))?;
         let mut buf = Vec::with_capacity(READ_SIZE);
-        let head_end = loop {
-            if let Some(end) = find(&buf, b"\r\n\r\n") {
-                break end;
-            }
-            if buf.len() > MAX_HEAD {
-                return Err(Failure::new("handshake_failed"));
-            }
-            buf.reserve(READ_SIZE);
-            match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return Err(Failure::new("handshake_failed")),
-                Ok(_) => {}
-            }
-        };
+        let head_end = read_head(&mut stream, &mut buf, "handshake_failed")
+            .await
+            .map_err(|_| Failure::new("handshake_failed"))?;
         let head = std::str::from_utf8(buf.get(..head_end).unwrap_or_default())
             .map_err(|_| Failure::new("handshake_failed"))?;
         let status: u16 = head
@@ -301,13 +290,10 @@ fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::subscribe::find;
     use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
     use tokio::net::TcpListener;
