@@ -18,6 +18,7 @@ mod hub;
 mod limits;
 mod net;
 mod ops;
+mod pipeline;
 pub mod queue;
 mod ratelimit;
 mod session;
@@ -29,6 +30,7 @@ pub use hub::{Hub, Subscriber};
 pub use limits::Limits;
 pub use net::{Listener, Peer, TimedStream};
 pub use ops::{demo_page, ops_routes};
+pub use pipeline::{PUBLISHES_IN_FLIGHT, Published};
 pub use ratelimit::{KeyedBuckets, TokenBucket};
 pub use session::Session;
 
@@ -244,6 +246,23 @@ impl Gateway {
         id: Option<String>,
         transport: Transport,
     ) -> Result<(RoomName, PublishAck), GatewayError> {
+        self.prepare_publish(identity, room, text, id, transport)?
+            .send(self.bus.clone())
+            .await
+    }
+
+    /// The checks of a publish that need no I/O (room name, permission,
+    /// size, draining), done when the request arrives. What is left,
+    /// [`PreparedPublish::send`], owns everything it needs, so a
+    /// connection can keep several publishes in flight while it reads on.
+    pub fn prepare_publish(
+        &self,
+        identity: &Identity,
+        room: &str,
+        text: String,
+        id: Option<String>,
+        transport: Transport,
+    ) -> Result<PreparedPublish, GatewayError> {
         let received = Instant::now();
         metrics::counter!(names::MESSAGES_IN, "transport" => transport.as_str()).increment(1);
         let room = RoomName::parse(room)?;
@@ -279,20 +298,16 @@ impl Gateway {
         );
         switchboard_telemetry::record_trace_id(&span);
         let request = PublishRequest {
-            room: room.clone(),
+            room,
             user: identity.user.clone(),
             text,
             id,
         };
-        let ack = self
-            .bus
-            .publish(request)
-            .instrument(span.clone())
-            .await
-            .inspect_err(|err| tracing::debug!(parent: &span, %err, "publish refused"))?;
-        span.record("cursor", tracing::field::display(&ack.cursor));
-        metrics::histogram!(names::PUBLISH_LATENCY).record(received.elapsed().as_secs_f64());
-        Ok((room, ack))
+        Ok(PreparedPublish {
+            request,
+            span,
+            received,
+        })
     }
 
     /// Rate limit for connection-less publishes: per user, and for
@@ -376,5 +391,36 @@ impl Gateway {
             ));
         }
         Ok(room)
+    }
+}
+
+/// A publish that passed [`Gateway::prepare_publish`] and waits to be sent.
+pub struct PreparedPublish {
+    request: PublishRequest,
+    span: tracing::Span,
+    received: Instant,
+}
+
+impl PreparedPublish {
+    pub fn room(&self) -> &RoomName {
+        &self.request.room
+    }
+
+    /// Hands the publish to the bus; resolves once it is stored (or refused).
+    pub async fn send(self, bus: Arc<dyn Bus>) -> Result<(RoomName, PublishAck), GatewayError> {
+        let Self {
+            request,
+            span,
+            received,
+        } = self;
+        let room = request.room.clone();
+        let ack = bus
+            .publish(request)
+            .instrument(span.clone())
+            .await
+            .inspect_err(|err| tracing::debug!(parent: &span, %err, "publish refused"))?;
+        span.record("cursor", tracing::field::display(&ack.cursor));
+        metrics::histogram!(names::PUBLISH_LATENCY).record(received.elapsed().as_secs_f64());
+        Ok((room, ack))
     }
 }

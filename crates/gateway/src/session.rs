@@ -5,6 +5,7 @@
 
 use crate::conn::{CloseReason, ConnControl, Outbound, Subscribed};
 use crate::hub::Subscriber;
+use crate::pipeline::{PUBLISHES_IN_FLIGHT, Published, Publishes};
 use crate::queue::{self, QueueReceiver, QueueSender};
 use crate::ratelimit::TokenBucket;
 use crate::{Gateway, GatewayError, Transport};
@@ -43,6 +44,9 @@ pub struct Session {
     tx: QueueSender,
     control: Arc<ConnControl>,
     expiry: Option<AbortHandle>,
+    /// Publishes in flight; boxed and made on the first publish, so a
+    /// connection that only listens does not carry it.
+    publishes: Option<Box<Publishes>>,
 }
 
 impl Session {
@@ -88,6 +92,7 @@ impl Session {
             tx,
             control,
             expiry,
+            publishes: None,
         };
         (session, rx)
     }
@@ -100,7 +105,10 @@ impl Session {
         &self.identity
     }
 
-    /// Executes one client command; replies are queued in order with events.
+    /// Executes one client command; replies are queued in order with
+    /// events. A publish is only started here: its acknowledgement is
+    /// queued when it is stored ([`Session::published`]); any other
+    /// command first waits for the publishes before it (`pipeline.rs`).
     pub async fn handle(&mut self, frame: ClientFrame) {
         if !self.frames.try_take() {
             let id = match &frame {
@@ -109,6 +117,9 @@ impl Session {
             };
             self.flooding(id).await;
             return;
+        }
+        if !matches!(frame, ClientFrame::Publish { .. }) {
+            self.settle_publishes().await;
         }
         let (id, outcome) = match frame {
             ClientFrame::Subscribe { room, since } => {
@@ -122,16 +133,10 @@ impl Session {
                 Err(err) => (None, Err(err)),
             },
             ClientFrame::Publish { room, text, id } => {
-                let outcome = self
-                    .publish(&room, text, id.clone())
-                    .await
-                    .map(|(room, ack)| ServerFrame::Ack {
-                        id: id.clone(),
-                        room: room.to_string(),
-                        cursor: ack.cursor.to_string(),
-                        duplicate: ack.duplicate,
-                    });
-                (id, outcome)
+                match self.start_publish(&room, text, id.clone()).await {
+                    Ok(()) => return,
+                    Err(err) => (id, Err(err)),
+                }
             }
             ClientFrame::History {
                 room,
@@ -181,6 +186,71 @@ impl Session {
         };
         let frame = outcome.unwrap_or_else(|err| self.error_frame(id, &err));
         self.push(Outbound::frame(frame)).await;
+    }
+
+    /// Checks a publish now and starts it; at the in-flight bound, first
+    /// waits until an earlier one is answered.
+    async fn start_publish(
+        &mut self,
+        room: &str,
+        text: String,
+        id: Option<String>,
+    ) -> Result<(), GatewayError> {
+        self.take_publish_token()?;
+        let prepared =
+            self.gateway
+                .prepare_publish(&self.identity, room, text, id.clone(), self.transport)?;
+        let publishes = self.publishes.get_or_insert_with(Box::default);
+        publishes.push(id, prepared, self.gateway.bus());
+        while self
+            .publishes
+            .as_ref()
+            .is_some_and(|p| p.len() >= PUBLISHES_IN_FLIGHT)
+        {
+            self.answer_one().await;
+        }
+        Ok(())
+    }
+
+    /// The next publish of this connection that was stored or refused;
+    /// pending while none is in flight. Cancel-safe, so a transport can
+    /// race it against reading its next frame; hand the result to
+    /// [`Session::reply_published`].
+    pub async fn published(&mut self) -> Published {
+        match self.publishes.as_mut() {
+            Some(publishes) => publishes.next(self.gateway.bus()).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Queues the acknowledgement (or the error) of a finished publish.
+    pub async fn reply_published(&mut self, published: Published) {
+        let Published { id, outcome } = published;
+        let frame = match outcome {
+            Ok((room, ack)) => ServerFrame::Ack {
+                id,
+                room: room.to_string(),
+                cursor: ack.cursor.to_string(),
+                duplicate: ack.duplicate,
+            },
+            Err(err) => self.error_frame(id, &err),
+        };
+        self.push(Outbound::frame(frame)).await;
+    }
+
+    async fn answer_one(&mut self) {
+        if self.publishes.as_ref().is_none_or(|p| p.is_empty()) {
+            return;
+        }
+        let published = self.published().await;
+        self.reply_published(published).await;
+    }
+
+    /// Waits until every publish in flight is answered.
+    pub async fn settle_publishes(&mut self) {
+        while self.publishes.as_ref().is_some_and(|p| !p.is_empty()) {
+            self.answer_one().await;
+        }
     }
 
     /// Answers a frame that could not be parsed; the connection stays open.

@@ -251,7 +251,18 @@ impl pb::chat_server::Chat for ChatApi {
 /// the responses flowing (the writer ends the call once the client drops
 /// it); a broken or oversized one ends the call.
 async fn read_frames(mut inbound: Streaming<pb::ClientFrame>, session: &mut Session) {
-    while let Some(frame) = inbound.next().await {
+    loop {
+        // Publishes run while the next frame is read (the gateway's
+        // pipeline.rs); both futures are cancel-safe.
+        let frame = tokio::select! {
+            biased;
+            published = session.published() => {
+                session.reply_published(published).await;
+                continue;
+            }
+            frame = inbound.next() => frame,
+        };
+        let Some(frame) = frame else { break };
         match frame {
             Ok(frame) => match ClientFrame::from_proto(frame) {
                 Ok(frame) => session.handle(frame).await,
@@ -266,5 +277,7 @@ async fn read_frames(mut inbound: Streaming<pb::ClientFrame>, session: &mut Sess
             }
         }
     }
+    // Half-closed: publishes sent before the end still get their acks.
+    session.settle_publishes().await;
     std::future::pending::<()>().await;
 }

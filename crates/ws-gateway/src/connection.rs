@@ -161,7 +161,16 @@ async fn read_loop<S: Socket>(
     shared: &Shared,
 ) -> ReadEnd {
     loop {
-        let message = reader.next().await;
+        // Publishes run while the next frame is read (gateway's
+        // pipeline.rs); both futures are cancel-safe.
+        let message = tokio::select! {
+            biased;
+            published = session.published() => {
+                session.reply_published(published).await;
+                continue;
+            }
+            message = reader.next() => message,
+        };
         shared.seen();
         if session.control().is_closed() {
             // Closing: only wait for the peer's close reply.
