@@ -255,7 +255,8 @@ wait_http() {
 # server"): the runs measure capacity, not the rate limiter.
 SB_FLAGS=(--publish-rate 1000000 --publish-burst 1000000
   --ip-publish-rate 1000000 --ip-publish-burst 1000000
-  --history-rate 1000000 --history-burst 1000000)
+  --history-rate 1000000 --history-burst 1000000
+  --max-connections-per-ip 1000000)
 
 # start_peer NAME: starts a fresh peer on the server core; sets PEER_URL,
 # PEER_PID (the process whose RSS is the peer's: nginx's worker),

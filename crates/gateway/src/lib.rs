@@ -22,6 +22,7 @@ mod pipeline;
 pub mod queue;
 mod ratelimit;
 mod session;
+mod slots;
 
 pub use conn::{CloseReason, ConnControl, Deliver, Delivery, Outbound, Overflow, Subscribed};
 pub use error::GatewayError;
@@ -33,6 +34,7 @@ pub use ops::{demo_page, ops_routes};
 pub use pipeline::{PUBLISHES_IN_FLIGHT, Published};
 pub use ratelimit::{KeyedBuckets, TokenBucket};
 pub use session::Session;
+pub use slots::ConnectionSlot;
 
 use rand::Rng;
 use std::net::IpAddr;
@@ -116,6 +118,8 @@ pub struct Gateway {
     ip_reads: KeyedBuckets<IpAddr>,
     /// What else the process needs to be ready (the core service, say).
     also_ready: std::sync::OnceLock<ReadinessCheck>,
+    /// The connection caps, per process and per client address.
+    slots: Arc<slots::ConnectionSlots>,
 }
 
 /// An extra condition of readiness, added by the role that runs the gateway.
@@ -135,7 +139,10 @@ impl Gateway {
             KEYED_BUCKETS,
         );
         let ip_reads = KeyedBuckets::new(limits.read_rate, limits.read_burst, KEYED_BUCKETS);
+        let slots =
+            slots::ConnectionSlots::new(limits.max_connections, limits.max_connections_per_ip);
         Arc::new(Self {
+            slots,
             hub: Hub::new(bus.clone()),
             bus,
             auth: config.auth,
@@ -225,15 +232,33 @@ impl Gateway {
 
     /// Opens a protocol session for a client at `peer` (its address, for
     /// per-address limits); the receiver is what its writer drains.
+    /// A place under the connection caps for a client at `peer`, taken
+    /// when its WebSocket, SSE stream or gRPC stream is admitted (before
+    /// the upgrade); `unavailable` (503) over a cap.
+    pub fn claim_connection(
+        &self,
+        peer: Option<IpAddr>,
+        transport: Transport,
+    ) -> Result<ConnectionSlot, GatewayError> {
+        self.slots.claim(peer, transport.as_str())
+    }
+
+    /// Client connections holding a slot now.
+    pub fn connections_held(&self) -> usize {
+        self.slots.held()
+    }
+
+    /// Opens the session of an admitted connection; it keeps `slot` for
+    /// its life.
     pub fn open_session(
         self: &Arc<Self>,
         identity: Identity,
         transport: Transport,
-        peer: Option<IpAddr>,
+        slot: ConnectionSlot,
     ) -> (Session, queue::QueueReceiver) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let conn_key = format!("{}-{id}", self.instance);
-        Session::new(self.clone(), id, conn_key, identity, transport, peer)
+        Session::new(self.clone(), id, conn_key, identity, transport, slot)
     }
 
     /// Checks and publishes one message; rate limiting is the caller's

@@ -31,6 +31,10 @@ pub struct Limits {
     /// connections and transports: self-chosen user names are free.
     pub ip_publish_rate: f64,
     pub ip_publish_burst: f64,
+    /// Client connections (WebSocket, SSE, gRPC streams) per process.
+    pub max_connections: usize,
+    /// Client connections per client address.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -50,6 +54,8 @@ impl Default for Limits {
             read_burst: 5000.0,
             ip_publish_rate: 200.0,
             ip_publish_burst: 400.0,
+            max_connections: 100_000,
+            max_connections_per_ip: 1000,
         }
     }
 }

@@ -8,9 +8,8 @@ use crate::hub::Subscriber;
 use crate::pipeline::{PUBLISHES_IN_FLIGHT, Published, Publishes};
 use crate::queue::{self, QueueReceiver, QueueSender};
 use crate::ratelimit::TokenBucket;
-use crate::{Gateway, GatewayError, Transport};
+use crate::{ConnectionSlot, Gateway, GatewayError, Transport};
 use std::collections::HashSet;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 use switchboard_auth::Identity;
@@ -39,8 +38,9 @@ pub struct Session {
     frames: TokenBucket,
     /// History events and presence users read, charged by reply size.
     reads: TokenBucket,
-    /// The client's address, for per-address limits.
-    peer: Option<IpAddr>,
+    /// The connection's place under the caps (and its client address,
+    /// for per-address limits); freed with the session.
+    slot: ConnectionSlot,
     tx: QueueSender,
     control: Arc<ConnControl>,
     expiry: Option<AbortHandle>,
@@ -56,7 +56,7 @@ impl Session {
         conn_key: String,
         identity: Identity,
         transport: Transport,
-        peer: Option<IpAddr>,
+        slot: ConnectionSlot,
     ) -> (Self, QueueReceiver) {
         let limits = gateway.limits();
         let reads = TokenBucket::new(limits.read_rate, limits.read_burst);
@@ -88,7 +88,7 @@ impl Session {
             bucket,
             frames,
             reads,
-            peer,
+            slot,
             tx,
             control,
             expiry,
@@ -453,7 +453,9 @@ impl Session {
 
     fn take_publish_token(&mut self) -> Result<(), GatewayError> {
         if self.bucket.try_take() {
-            return self.gateway.ip_publish_limit(self.peer, self.transport);
+            return self
+                .gateway
+                .ip_publish_limit(self.slot.ip(), self.transport);
         }
         metrics::counter!(names::RATE_LIMITED, "transport" => self.transport.as_str()).increment(1);
         Err(GatewayError::refused(

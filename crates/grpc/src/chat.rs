@@ -76,7 +76,11 @@ impl pb::chat_server::Chat for ChatApi {
         let peer = peer_ip(&request);
         let call = call_guard(&request);
         let inbound = request.into_inner();
-        let (session, queue) = self.gateway.open_session(identity, Transport::Grpc, peer);
+        let slot = self
+            .gateway
+            .claim_connection(peer, Transport::Grpc)
+            .map_err(|err| to_status(&err))?;
+        let (session, queue) = self.gateway.open_session(identity, Transport::Grpc, slot);
         let (out, rx) = mpsc::channel(RESPONSE_BUFFER);
         let gateway = self.gateway.clone();
         tokio::spawn(async move {
@@ -108,7 +112,11 @@ impl pb::chat_server::Chat for ChatApi {
         let peer = peer_ip(&request);
         let call = call_guard(&request);
         let req = request.into_inner();
-        let (mut session, mut queue) = self.gateway.open_session(identity, Transport::Grpc, peer);
+        let slot = self
+            .gateway
+            .claim_connection(peer, Transport::Grpc)
+            .map_err(|err| to_status(&err))?;
+        let (mut session, mut queue) = self.gateway.open_session(identity, Transport::Grpc, slot);
         session
             .subscribe(&req.room, non_empty(&req.since))
             .await

@@ -47,7 +47,11 @@ impl ChatService for SeedChat {
         let peer = crate::conn::peer_ip(&request);
         let call = crate::conn::call_guard(&request);
         let inbound = request.into_inner();
-        let (mut session, queue) = self.gateway.open_session(identity, Transport::Grpc, peer);
+        let slot = self
+            .gateway
+            .claim_connection(peer, Transport::Grpc)
+            .map_err(|err| crate::to_status(&err))?;
+        let (mut session, queue) = self.gateway.open_session(identity, Transport::Grpc, slot);
         session
             .subscribe(room.as_str(), None)
             .await

@@ -97,8 +97,10 @@ impl EventStream {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .or_else(|| params.get("since").map(String::as_str));
-        let (mut session, queue) =
-            gateway.open_session(identity, Transport::Sse, Some(peer.0.ip()));
+        let slot = gateway
+            .claim_connection(Some(peer.0.ip()), Transport::Sse)
+            .map_err(IntoResponse::into_response)?;
+        let (mut session, queue) = gateway.open_session(identity, Transport::Sse, slot);
         // Boxed: a subscribe's future is kilobytes, and this one's caller
         // lives as long as the stream.
         Box::pin(session.subscribe(room, since))

@@ -150,6 +150,17 @@ pub struct LimitArgs {
     /// --publish-burst, at least 400.
     #[arg(long, env = "SWITCHBOARD_IP_PUBLISH_BURST")]
     pub ip_publish_burst: Option<f64>,
+    /// Client connections (WebSocket, SSE, gRPC streams) this process
+    /// holds at most; more are refused with 503 before any upgrade.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Client connections one client address holds at most.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 1000
+    )]
+    pub max_connections_per_ip: usize,
     /// Allowed browser origins for WebSocket and CORS, comma-separated; empty allows any.
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -206,7 +217,13 @@ impl LimitArgs {
             ip_publish_rate > 0.0 && ip_publish_burst >= 1.0,
             "--ip-publish-rate must be positive and --ip-publish-burst at least 1",
         )?;
+        check(
+            self.max_connections > 0 && self.max_connections_per_ip > 0,
+            "--max-connections and --max-connections-per-ip must be positive",
+        )?;
         Ok(Limits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
             max_text_bytes: self.max_text_bytes,
             max_frame_bytes: self.max_frame_bytes,
             max_rooms_per_connection: self.max_rooms_per_connection,

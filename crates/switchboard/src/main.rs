@@ -85,6 +85,7 @@ async fn run(role: Role, args: ServeArgs, log_format: LogFormat) -> anyhow::Resu
     // Inside the runtime: the OTLP exporter needs it.
     let telemetry = Telemetry::init(role.name(), log_format, "info");
     log_config(role, &args, telemetry.exporting());
+    raise_open_files(args.limits.max_connections);
     let outcome = serve(role, &args).await;
     if let Err(err) = &outcome {
         tracing::error!(%err, "switchboard stopped");
@@ -101,6 +102,41 @@ async fn serve(role: Role, args: &ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("grace period over; exiting with connections still open");
     }
     Ok(())
+}
+
+/// Raises the soft open-files limit to the hard one and logs both: at the
+/// soft limit accepts fail and new clients hang until they time out, so
+/// the connection caps must be reached first.
+fn raise_open_files(max_connections: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let before = getrlimit(Resource::Nofile);
+    if before.current != before.maximum {
+        let raised = Rlimit {
+            current: before.maximum,
+            maximum: before.maximum,
+        };
+        if let Err(err) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(%err, "could not raise the open-files soft limit");
+        }
+    }
+    let now = getrlimit(Resource::Nofile);
+    let show = |v: Option<u64>| v.map_or_else(|| "unlimited".to_owned(), |v| v.to_string());
+    tracing::info!(
+        soft = %show(now.current),
+        hard = %show(now.maximum),
+        was = %show(before.current),
+        "open-files limit"
+    );
+    if let Some(soft) = now.current
+        && usize::try_from(soft).is_ok_and(|soft| soft < max_connections)
+    {
+        tracing::warn!(
+            soft,
+            max_connections,
+            "open-files limit below --max-connections: clients beyond it hang instead of \
+             being refused; raise the hard limit (ulimit -Hn, LimitNOFILE) or lower the cap"
+        );
+    }
 }
 
 /// Prints the effective settings with secrets redacted.

@@ -25,6 +25,9 @@ pub mod names {
     pub const CONNECTIONS: &str = "switchboard_connections";
     /// Counter of client connections accepted, label `transport`.
     pub const CONNECTIONS_TOTAL: &str = "switchboard_connections_total";
+    /// Counter of connections refused at a cap, labels `reason`
+    /// (`max_connections`, `max_connections_per_ip`) and `transport`.
+    pub const CONNECTIONS_REFUSED: &str = "switchboard_connections_refused_total";
     /// Counter of publishes received from clients, label `transport`.
     pub const MESSAGES_IN: &str = "switchboard_messages_in_total";
     /// Counter of events written to clients, label `transport`.
@@ -205,6 +208,10 @@ pub fn register_series() {
         metrics::counter!(names::MESSAGES_IN, "transport" => transport).increment(0);
         metrics::counter!(names::MESSAGES_OUT, "transport" => transport).increment(0);
         metrics::counter!(names::RATE_LIMITED, "transport" => transport).increment(0);
+        for reason in ["max_connections", "max_connections_per_ip"] {
+            metrics::counter!(names::CONNECTIONS_REFUSED, "reason" => reason, "transport" => transport)
+                .increment(0);
+        }
     }
     for result in ["recovered", "lost"] {
         metrics::counter!(names::RESUMES, "result" => result).increment(0);

@@ -4,10 +4,9 @@ use crate::socket::{Incoming, ReadError, WsReader, WsWriter};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use switchboard_auth::Identity;
 use switchboard_gateway::queue::QueueReceiver;
 use switchboard_gateway::{
-    CloseReason, ConnControl, Deliver, Delivery, Gateway, Peer, Session, Transport,
+    CloseReason, ConnControl, Deliver, Delivery, Gateway, Session, Transport,
 };
 use switchboard_protocol::ErrorCode;
 use switchboard_protocol::frames::{BadFrame, ClientFrame, ServerFrame};
@@ -95,13 +94,15 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Socket for S {}
 pub(crate) async fn run<S: Socket>(
     io: S,
     gateway: Arc<Gateway>,
-    identity: Identity,
-    mode: Mode,
-    peer: Peer,
+    admitted: crate::Admitted,
     preface: Vec<u8>,
 ) {
-    let (mut session, queue) =
-        gateway.open_session(identity, Transport::WebSocket, Some(peer.0.ip()));
+    let crate::Admitted {
+        identity,
+        mode,
+        slot,
+    } = admitted;
+    let (mut session, queue) = gateway.open_session(identity, Transport::WebSocket, slot);
     let control = session.control().clone();
     let shared = Shared {
         start: Instant::now(),

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 use switchboard_auth::Identity;
 use switchboard_gateway::front::{FrontIo, NativeRoute, RequestHead, write_response};
-use switchboard_gateway::{Gateway, GatewayError, Peer, request_token};
+use switchboard_gateway::{ConnectionSlot, Gateway, GatewayError, Peer, Transport, request_token};
 use switchboard_protocol::{ErrorCode, RoomName};
 use tokio::io::AsyncWriteExt;
 use upgrade::WsUpgrade;
@@ -87,10 +87,10 @@ fn accept(
     upgrade: WsUpgrade,
     chat: bool,
 ) -> Response {
-    match admit(&gateway, &params, &headers, chat) {
-        Ok((identity, mode)) => upgrade.on_upgrade(move |socket| {
-            connection::run(socket, gateway, identity, mode, peer, Vec::new())
-        }),
+    match admit(&gateway, peer, &params, &headers, chat) {
+        Ok(admitted) => {
+            upgrade.on_upgrade(move |socket| connection::run(socket, gateway, admitted, Vec::new()))
+        }
         Err(refused) => *refused,
     }
 }
@@ -99,10 +99,11 @@ fn accept(
 /// front's: who the client is and how its frames are read.
 fn admit(
     gateway: &Gateway,
+    peer: Peer,
     params: &ConnectParams,
     headers: &HeaderMap,
     chat: bool,
-) -> Result<(Identity, Mode), Box<Response>> {
+) -> Result<Admitted, Box<Response>> {
     if gateway.is_draining() {
         return Err(Box::new(
             GatewayError::refused(ErrorCode::Unavailable, "server is shutting down")
@@ -132,7 +133,22 @@ fn admit(
     } else {
         Mode::Json
     };
-    Ok((identity, mode))
+    // Last: a refused request must not hold a slot, even briefly.
+    let slot = gateway
+        .claim_connection(Some(peer.0.ip()), Transport::WebSocket)
+        .map_err(|err| Box::new(err.into_response()))?;
+    Ok(Admitted {
+        identity,
+        mode,
+        slot,
+    })
+}
+
+/// An upgrade that passed every check, with its place under the caps.
+pub(crate) struct Admitted {
+    pub(crate) identity: Identity,
+    pub(crate) mode: Mode,
+    pub(crate) slot: ConnectionSlot,
 }
 
 /// `GET /ws` and `/ws/chat` upgrades as a connection's first request,
@@ -175,15 +191,13 @@ impl NativeRoute for NativeWs {
         // exactly its `run` future: the 101 goes out as its first write.
         let admitted = upgrade::Handshake::check(&head.method, head.version, &head.headers)
             .and_then(|handshake| {
-                admit(&gateway, &params, &head.headers, chat)
-                    .map(|(identity, mode)| (handshake, identity, mode))
+                admit(&gateway, peer, &params, &head.headers, chat)
+                    .map(|admitted| (handshake, admitted))
             });
         match admitted {
-            Ok((handshake, identity, mode)) => {
+            Ok((handshake, admitted)) => {
                 let preface = handshake.response_head();
-                tokio::spawn(connection::run(
-                    conn, gateway, identity, mode, peer, preface,
-                ));
+                tokio::spawn(connection::run(conn, gateway, admitted, preface));
             }
             Err(refused) => {
                 tokio::spawn(async move {
