@@ -243,6 +243,38 @@ impl Gateway {
         self.slots.claim(peer, transport.as_str())
     }
 
+    /// The client's address: the socket's peer, or the left-most entry of
+    /// `X-Forwarded-For` when the peer is one of `--trusted-proxies`
+    /// (anyone else could name any address and dodge the per-address
+    /// limits). An unreadable header from a proxy leaves the peer.
+    pub fn client_ip(&self, peer: Option<IpAddr>, forwarded_for: Option<&str>) -> Option<IpAddr> {
+        let peer = peer?;
+        let trusted = self
+            .limits
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer));
+        if !trusted {
+            return Some(peer);
+        }
+        forwarded_for
+            .and_then(|value| value.split(',').next())
+            .and_then(|first| first.trim().parse().ok())
+            .or(Some(peer))
+    }
+
+    /// [`Gateway::client_ip`] of an HTTP request.
+    pub fn client_ip_of(
+        &self,
+        peer: Option<IpAddr>,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<IpAddr> {
+        let forwarded = headers
+            .get("x-forwarded-for")
+            .and_then(|value| value.to_str().ok());
+        self.client_ip(peer, forwarded)
+    }
+
     /// Client connections holding a slot now.
     pub fn connections_held(&self) -> usize {
         self.slots.held()

@@ -35,6 +35,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Client connections per client address.
     pub max_connections_per_ip: usize,
+    /// Peers whose `X-Forwarded-For` names the client (its left-most
+    /// entry); from anyone else the header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for Limits {
@@ -56,6 +59,7 @@ impl Default for Limits {
             ip_publish_burst: 400.0,
             max_connections: 100_000,
             max_connections_per_ip: 1000,
+            trusted_proxies: Vec::new(),
         }
     }
 }

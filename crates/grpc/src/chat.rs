@@ -1,4 +1,4 @@
-use crate::conn::{call_guard, peer_ip};
+use crate::conn::call_guard;
 use crate::pump;
 use crate::to_status;
 use futures::StreamExt;
@@ -73,7 +73,7 @@ impl pb::chat_server::Chat for ChatApi {
         request: Request<Streaming<pb::ClientFrame>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let identity = identify(&self.gateway, request.metadata())?;
-        let peer = peer_ip(&request);
+        let peer = crate::conn::client_ip(&self.gateway, &request);
         let call = call_guard(&request);
         let inbound = request.into_inner();
         let slot = self
@@ -109,7 +109,7 @@ impl pb::chat_server::Chat for ChatApi {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let identity = identify(&self.gateway, request.metadata())?;
-        let peer = peer_ip(&request);
+        let peer = crate::conn::client_ip(&self.gateway, &request);
         let call = call_guard(&request);
         let req = request.into_inner();
         let slot = self
@@ -192,7 +192,7 @@ impl pb::chat_server::Chat for ChatApi {
         let _call = call_guard(&request);
         let identity = identify(&self.gateway, request.metadata())?;
         let span = call_span("grpc.publish", request.metadata());
-        let peer = peer_ip(&request);
+        let peer = crate::conn::client_ip(&self.gateway, &request);
         let req = request.into_inner();
         let id = non_empty(&req.id).map(str::to_owned);
         let outcome = async {

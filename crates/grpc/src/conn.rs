@@ -58,6 +58,19 @@ pub(crate) fn call_guard<T>(request: &tonic::Request<T>) -> Option<CallGuard> {
 }
 
 /// The client's address, for per-address limits.
+/// The client's address for per-address limits: the peer, or the
+/// left-most `x-forwarded-for` entry when the peer is a trusted proxy.
+pub(crate) fn client_ip<T>(
+    gateway: &switchboard_gateway::Gateway,
+    request: &tonic::Request<T>,
+) -> Option<std::net::IpAddr> {
+    let forwarded = request
+        .metadata()
+        .get("x-forwarded-for")
+        .and_then(|value| value.to_str().ok());
+    gateway.client_ip(peer_ip(request), forwarded)
+}
+
 pub(crate) fn peer_ip<T>(request: &tonic::Request<T>) -> Option<std::net::IpAddr> {
     request
         .extensions()

@@ -44,7 +44,7 @@ impl ChatService for SeedChat {
             .unwrap_or(DEFAULT_SEED_ROOM);
         let room = RoomName::parse(room)
             .map_err(|err| Status::invalid_argument(format!("x-room: {err}")))?;
-        let peer = crate::conn::peer_ip(&request);
+        let peer = crate::conn::client_ip(&self.gateway, &request);
         let call = crate::conn::call_guard(&request);
         let inbound = request.into_inner();
         let slot = self

@@ -66,7 +66,10 @@ async fn publish(
             })
             .transpose()?;
         let id = body.id.or(key);
-        gateway.api_rate_limit(&identity.user, Some(peer.0.ip()))?;
+        gateway.api_rate_limit(
+            &identity.user,
+            gateway.client_ip_of(Some(peer.0.ip()), &headers),
+        )?;
         let (room, ack) = gateway
             .publish(&identity, &room, body.text, id.clone(), Transport::Http)
             .await?;
@@ -94,7 +97,7 @@ async fn history(
     params: Params,
     headers: HeaderMap,
 ) -> Response {
-    let peer = Some(peer.0.ip());
+    let peer = gateway.client_ip_of(Some(peer.0.ip()), &headers);
     let outcome = async {
         let identity = identify(&gateway, &headers, &params)?;
         gateway.ip_read_limit(peer)?;
@@ -134,7 +137,7 @@ async fn presence(
     params: Params,
     headers: HeaderMap,
 ) -> Response {
-    let peer = Some(peer.0.ip());
+    let peer = gateway.client_ip_of(Some(peer.0.ip()), &headers);
     let outcome = async {
         let identity = identify(&gateway, &headers, &params)?;
         gateway.ip_read_limit(peer)?;

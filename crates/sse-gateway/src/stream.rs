@@ -98,7 +98,10 @@ impl EventStream {
             .filter(|v| !v.is_empty())
             .or_else(|| params.get("since").map(String::as_str));
         let slot = gateway
-            .claim_connection(Some(peer.0.ip()), Transport::Sse)
+            .claim_connection(
+                gateway.client_ip_of(Some(peer.0.ip()), headers),
+                Transport::Sse,
+            )
             .map_err(IntoResponse::into_response)?;
         let (mut session, queue) = gateway.open_session(identity, Transport::Sse, slot);
         // Boxed: a subscribe's future is kilobytes, and this one's caller

@@ -161,6 +161,11 @@ pub struct LimitArgs {
         default_value_t = 1000
     )]
     pub max_connections_per_ip: usize,
+    /// Proxies (CIDRs or addresses, comma-separated) whose left-most
+    /// `X-Forwarded-For` entry is taken as the client address for the
+    /// per-address limits; from anyone else the header is ignored.
+    #[arg(long, env = "SWITCHBOARD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Allowed browser origins for WebSocket and CORS, comma-separated; empty allows any.
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -224,6 +229,7 @@ impl LimitArgs {
         Ok(Limits {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            trusted_proxies: self.trusted_proxies.clone(),
             max_text_bytes: self.max_text_bytes,
             max_frame_bytes: self.max_frame_bytes,
             max_rooms_per_connection: self.max_rooms_per_connection,
@@ -394,6 +400,14 @@ pub struct ServeArgs {
 /// The name the standalone role has always had.
 pub type StandaloneArgs = ServeArgs;
 
+/// A CIDR (`10.0.0.0/8`) or a single address (`10.1.2.3`).
+fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is neither a CIDR (10.0.0.0/8) nor an address"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,5 +435,20 @@ mod tests {
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("").is_err());
         assert!(parse_bytes("99999999999TB").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_take_cidrs_and_addresses() {
+        assert!(parse_net("10.0.0.0/8").is_ok_and(|n| {
+            n.contains(
+                &"10.1.2.3"
+                    .parse::<std::net::IpAddr>()
+                    .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+            )
+        }));
+        assert!(parse_net(" 127.0.0.2 ").is_ok_and(|n| n.prefix_len() == 32));
+        assert!(parse_net("::1").is_ok_and(|n| n.prefix_len() == 128));
+        assert!(parse_net("10.0.0.0/33").is_err());
+        assert!(parse_net("proxy.local").is_err());
     }
 }

@@ -59,9 +59,18 @@ async fn ws_from(
 /// Opens an SSE stream from `from`; returns the socket (kept open) and the
 /// response status, or the status and JSON body of a refusal.
 async fn sse_from(from: Ipv4Addr, server: &TestServer) -> Result<TcpStream, (u16, Value)> {
+    sse_with(from, server, "").await
+}
+
+/// [`sse_from`] with extra request header lines (each ending in CRLF).
+async fn sse_with(
+    from: Ipv4Addr,
+    server: &TestServer,
+    extra: &str,
+) -> Result<TcpStream, (u16, Value)> {
     let mut stream = connect_from(from, server.http).await;
     let request = format!(
-        "GET /sse/rooms/caps?user=capped HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n\r\n",
+        "GET /sse/rooms/caps?user=capped HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n{extra}\r\n",
         server.http
     );
     stream.write_all(request.as_bytes()).await.expect("sent");
@@ -259,4 +268,52 @@ fn start_raises_the_open_files_soft_limit_and_logs_it() {
     assert_eq!(fields["soft"], hard.to_string(), "{line}");
     assert_eq!(fields["hard"], hard.to_string(), "{line}");
     assert_eq!(soft_now, Some(hard), "the soft limit is the hard one");
+}
+
+/// Behind `--trusted-proxies` the per-address cap counts the left-most
+/// `X-Forwarded-For` entry; from any other peer the header is ignored, so
+/// a client cannot dodge the cap by naming addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_cap_follows_forwarded_for_only_from_trusted_proxies() {
+    let server = TestServer::with_args(&[
+        "--max-connections-per-ip",
+        "1",
+        "--trusted-proxies",
+        "127.0.0.2/32,127.0.0.3",
+    ])
+    .await;
+    let xff = |client: &str| format!("x-forwarded-for: {client}, 127.0.0.9\r\n");
+    // Through the proxy at .2: one per forwarded client.
+    let _a = sse_with(source(2), &server, &xff("10.0.0.1"))
+        .await
+        .expect("client A");
+    assert_refused(
+        sse_with(source(2), &server, &xff("10.0.0.1"))
+            .await
+            .map(|_| ())
+            .expect_err("A again"),
+        "the forwarded client's cap",
+    );
+    let _b = sse_with(source(2), &server, &xff("10.0.0.2"))
+        .await
+        .expect("client B");
+    // The other trusted proxy forwards the same client A: same address.
+    assert_refused(
+        sse_with(source(3), &server, &xff("10.0.0.1"))
+            .await
+            .map(|_| ())
+            .expect_err("A via .3"),
+        "one client behind two proxies",
+    );
+    // An untrusted peer's header is ignored: it counts as itself.
+    let _c = sse_with(source(4), &server, &xff("10.0.0.3"))
+        .await
+        .expect(".4");
+    assert_refused(
+        sse_with(source(4), &server, &xff("10.0.0.4"))
+            .await
+            .map(|_| ())
+            .expect_err(".4 again"),
+        "an untrusted X-Forwarded-For is ignored",
+    );
 }

@@ -135,7 +135,10 @@ fn admit(
     };
     // Last: a refused request must not hold a slot, even briefly.
     let slot = gateway
-        .claim_connection(Some(peer.0.ip()), Transport::WebSocket)
+        .claim_connection(
+            gateway.client_ip_of(Some(peer.0.ip()), headers),
+            Transport::WebSocket,
+        )
         .map_err(|err| Box::new(err.into_response()))?;
     Ok(Admitted {
         identity,
