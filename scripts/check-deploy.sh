@@ -110,8 +110,11 @@ log "haproxy -c: valid"
 echo "==> deploy: NATS configs"
 for conf in deploy/nats/nats.conf deploy/k8s/base/nats/nats.conf; do
   out=$(POD_NAME=nats-0 "$NATS" -t -c "$conf" 2>&1) || fail "$conf: $out"
+  # Acknowledged means stored (spec §8): fsync before every ack.
+  grep -Eq '^[[:space:]]*sync_interval:[[:space:]]*always[[:space:]]*$' "$conf" ||
+    fail "$conf: jetstream needs sync_interval: always (acks before fsync can be lost on an OS crash)"
 done
-log "nats-server -t: both valid"
+log "nats-server -t: both valid, both sync_interval: always"
 
 echo "==> deploy: Prometheus, OpenTelemetry collector, Grafana"
 python3 - <<'EOF'
