@@ -36,6 +36,9 @@ pub(crate) async fn connect_with_signal(config: &NatsConfig) -> Result<Connectio
     let (reconnected, _) = broadcast::channel(16);
     let signal = reconnected.clone();
     let lost = Arc::new(AtomicBool::new(false));
+    // The client, once made: each (re)connection's server is checked.
+    let made: Arc<std::sync::OnceLock<Client>> = Arc::default();
+    let made_in_events = made.clone();
     let client = ConnectOptions::new()
         .name(&config.name)
         // Start even if NATS is not up yet: readiness says so meanwhile.
@@ -45,10 +48,14 @@ pub(crate) async fn connect_with_signal(config: &NatsConfig) -> Result<Connectio
         .event_callback(move |event| {
             let signal = signal.clone();
             let lost = lost.clone();
+            let made = made_in_events.clone();
             async move {
                 match event {
                     ClientEvent::Connected => {
                         tracing::info!("NATS connected");
+                        if let Some(client) = made.get() {
+                            check_server_version(&client.server_info().version);
+                        }
                         if lost.swap(false, Ordering::SeqCst) {
                             metrics::counter!(names::NATS_RECONNECTS).increment(1);
                             // No receivers: no live feeds to repair.
@@ -66,10 +73,41 @@ pub(crate) async fn connect_with_signal(config: &NatsConfig) -> Result<Connectio
         .connect(server_addrs(&config.url)?)
         .await
         .map_err(|err| NatsError::Connect(err.to_string()))?;
+    let _ = made.set(client.clone());
+    if client.connection_state() == async_nats::connection::State::Connected {
+        // Connected before the client was handed over: check it here.
+        check_server_version(&client.server_info().version);
+    }
     Ok(Connection {
         client,
         reconnected,
     })
+}
+
+/// The oldest nats-server release Switchboard is tested against and
+/// relies on (per-subject expectations, direct gets, JetStream fixes).
+pub const MIN_NATS_VERSION: (u64, u64) = (2, 11);
+
+/// Logs the server's version, and warns below [`MIN_NATS_VERSION`].
+fn check_server_version(version: &str) {
+    match too_old(version) {
+        Some(true) => tracing::warn!(
+            version,
+            minimum = %format!("{}.{}", MIN_NATS_VERSION.0, MIN_NATS_VERSION.1),
+            "nats-server is older than the supported minimum; upgrade it"
+        ),
+        Some(false) => tracing::info!(version, "nats-server version"),
+        None => tracing::warn!(version, "nats-server version unreadable; cannot check it"),
+    }
+}
+
+/// Whether `version` ("2.10.24", "v2.12.0-RC.1") is below the minimum;
+/// `None` when it cannot be read.
+fn too_old(version: &str) -> Option<bool> {
+    let mut parts = version.trim().trim_start_matches('v').split(['.', '-']);
+    let major: u64 = parts.next()?.parse().ok()?;
+    let minor: u64 = parts.next()?.parse().ok()?;
+    Some((major, minor) < MIN_NATS_VERSION)
 }
 
 /// `nats://a:4222,nats://b:4222` → every server of the list, so the
@@ -453,7 +491,20 @@ impl LiveState {
 
 #[cfg(test)]
 mod tests {
+    use super::too_old;
     use switchboard_bus::BusError;
+
+    #[test]
+    fn versions_below_2_11_are_too_old() {
+        assert_eq!(too_old("2.10.24"), Some(true));
+        assert_eq!(too_old("1.4.1"), Some(true));
+        assert_eq!(too_old("2.11.0"), Some(false));
+        assert_eq!(too_old("v2.12.0-RC.1"), Some(false));
+        assert_eq!(too_old("2.15.1"), Some(false));
+        assert_eq!(too_old("3.0.0"), Some(false));
+        assert_eq!(too_old(""), None);
+        assert_eq!(too_old("nats"), None);
+    }
 
     /// A publish timed out at the gateway may have been stored.
     #[test]
