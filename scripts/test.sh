@@ -50,6 +50,11 @@ if [ -z "${HAPROXY_BIN:-}" ]; then
   HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
   export HAPROXY_BIN
 fi
+# openssl makes the RSA key pair of the JWT algorithm-confusion test.
+if ! command -v openssl >/dev/null 2>&1; then
+  log "installing openssl (Debian)"
+  apt_install openssl
+fi
 if ! command -v docker-compose >/dev/null 2>&1; then
   log "installing docker-compose v1 (Debian, without the engine)"
   apt_install docker-compose

@@ -104,6 +104,17 @@ struct Claims {
     publish: Option<Vec<String>>,
 }
 
+/// Claim rules of a deployment (`--jwt-audience`, `--jwt-issuer`,
+/// `--jwt-leeway`).
+#[derive(Debug, Clone, Default)]
+pub struct JwtRules {
+    /// Accepted `aud` values; empty: `aud` is not checked.
+    pub audience: Vec<String>,
+    /// Accepted `iss` values; empty: `iss` is not checked.
+    pub issuer: Vec<String>,
+    pub leeway: Duration,
+}
+
 /// Validates credentials; cheap to share behind an `Arc`.
 pub enum Authenticator {
     Anonymous,
@@ -150,16 +161,48 @@ impl Authenticator {
             })
     }
 
+    /// One algorithm per key, fixed by how the key was configured: a
+    /// token's `alg` header never chooses it (so `none`, or HS256 signed
+    /// with an RSA public key as the secret, is refused).
     fn jwt(key: DecodingKey, alg: Algorithm) -> Self {
         let mut validation = Validation::new(alg);
         validation.set_required_spec_claims(&["sub", "exp"]);
-        // Expiry is exact: connections are closed at `exp`, so admitting a
-        // token inside a leeway would only let it in to be closed at once.
+        // Expiry is exact by default: connections are closed at `exp`, so
+        // a leeway only helps clocks that disagree (`--jwt-leeway`).
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         Self::Jwt {
             key: Box::new(key),
             validation: Box::new(validation),
+        }
+    }
+
+    /// Adds the deployment's claim rules: with an audience (or issuer)
+    /// set, a token must name one of them in `aud` (`iss`) — a token
+    /// minted for another service is refused. `leeway` tolerates clock
+    /// skew on `exp` and `nbf`.
+    pub fn with_rules(mut self, rules: &JwtRules) -> Self {
+        if let Authenticator::Jwt { validation, .. } = &mut self {
+            validation.leeway = rules.leeway.as_secs();
+            if !rules.audience.is_empty() {
+                validation.set_audience(&rules.audience);
+                validation.validate_aud = true;
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
+            if !rules.issuer.is_empty() {
+                validation.set_issuer(&rules.issuer);
+                validation.required_spec_claims.insert("iss".to_owned());
+            }
+        }
+        self
+    }
+
+    /// How long after `exp` a token is still honoured (the leeway).
+    pub fn leeway(&self) -> Duration {
+        match self {
+            Authenticator::Jwt { validation, .. } => Duration::from_secs(validation.leeway),
+            Authenticator::Anonymous => Duration::ZERO,
         }
     }
 
@@ -201,9 +244,12 @@ impl Authenticator {
                     user,
                     // A signed but absurd `exp` (u64::MAX) must not overflow
                     // the clock: it means "far future".
+                    // Closed when the token stops being accepted.
                     expires_at: Some(
                         UNIX_EPOCH
-                            .checked_add(Duration::from_secs(claims.exp.min(MAX_EXP)))
+                            .checked_add(Duration::from_secs(
+                                claims.exp.min(MAX_EXP).saturating_add(validation.leeway),
+                            ))
                             .unwrap_or(UNIX_EPOCH),
                     ),
                     subscribe,
@@ -330,5 +376,184 @@ mod tests {
             auth.authenticate(Some(&other), None),
             Err(AuthError::InvalidToken(_))
         ));
+    }
+
+    fn invalid(auth: &Authenticator, token: &str) -> bool {
+        matches!(
+            auth.authenticate(Some(token), None),
+            Err(AuthError::InvalidToken(_))
+        )
+    }
+
+    /// `header.payload.` with the given JSON parts and no signature.
+    fn unsigned(header: &serde_json::Value, claims: &serde_json::Value) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            b64.encode(header.to_string()),
+            b64.encode(claims.to_string())
+        )
+    }
+
+    #[test]
+    fn the_key_fixes_the_algorithm_and_claims_must_be_well_formed() {
+        let auth = Authenticator::hs256(SECRET).expect("config");
+        let claims = json!({"sub":"eve","exp":now()+60});
+        assert!(
+            invalid(
+                &auth,
+                &unsigned(&json!({"alg":"none","typ":"JWT"}), &claims)
+            ),
+            "alg none"
+        );
+        assert!(invalid(&auth, &token(json!({"sub":"eve"}))), "missing exp");
+        assert!(
+            invalid(&auth, &token(json!({"sub":"eve","exp":"9999999999"}))),
+            "string exp"
+        );
+        let other_alg = encode(
+            &Header::new(Algorithm::HS512),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .expect("enc");
+        assert!(invalid(&auth, &other_alg), "HS512 with the right secret");
+    }
+
+    /// The classic confusion: an RS256 deployment's public key, used as an
+    /// HMAC secret by an attacker who read it.
+    #[test]
+    fn hs256_signed_with_the_rsa_public_key_is_refused() {
+        let dir = std::env::temp_dir().join(format!("sb-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let private = dir.join("key.pem");
+        let public = dir.join("pub.pem");
+        let made = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
+            .arg(&private)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            && std::process::Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(&private)
+                .arg("-out")
+                .arg(&public)
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(
+            made,
+            "openssl makes an RSA key pair (Debian's openssl package)"
+        );
+        let public_pem = std::fs::read(&public).expect("public key");
+        let private_pem = std::fs::read(&private).expect("private key");
+        let auth = Authenticator::public_key_pem(&public_pem).expect("RS256 config");
+        let claims = json!({"sub":"eve","exp":now()+60});
+        let good = encode(
+            &Header::new(Algorithm::RS256),
+            &claims,
+            &EncodingKey::from_rsa_pem(&private_pem).expect("private key"),
+        )
+        .expect("enc");
+        assert!(
+            auth.authenticate(Some(&good), None).is_ok(),
+            "a real RS256 token"
+        );
+        let forged = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&public_pem),
+        )
+        .expect("enc");
+        assert!(invalid(&auth, &forged), "HS256 keyed with the public key");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn nbf_audience_issuer_and_leeway() {
+        let auth = Authenticator::hs256(SECRET).expect("config");
+        let later = token(json!({"sub":"bob","exp":now()+600,"nbf":now()+120}));
+        assert!(invalid(&auth, &later), "a future nbf");
+        let lenient = Authenticator::hs256(SECRET)
+            .expect("config")
+            .with_rules(&JwtRules {
+                leeway: Duration::from_secs(300),
+                ..JwtRules::default()
+            });
+        assert!(
+            lenient.authenticate(Some(&later), None).is_ok(),
+            "nbf within the leeway"
+        );
+        let exp = now() - 5;
+        let just_expired = token(json!({"sub":"bob","exp":exp}));
+        assert_eq!(
+            auth.authenticate(Some(&just_expired), None),
+            Err(AuthError::Expired)
+        );
+        let id = lenient
+            .authenticate(Some(&just_expired), None)
+            .expect("within the leeway");
+        assert_eq!(
+            id.expires_at,
+            Some(UNIX_EPOCH + Duration::from_secs(exp + 300)),
+            "connections close when the leeway is over"
+        );
+
+        let strict = Authenticator::hs256(SECRET)
+            .expect("config")
+            .with_rules(&JwtRules {
+                audience: vec!["switchboard".into()],
+                issuer: vec!["https://auth.example".into()],
+                leeway: Duration::ZERO,
+            });
+        let with = |aud: Option<&str>, iss: Option<&str>| {
+            let mut claims = json!({"sub":"bob","exp":now()+60});
+            if let Some(aud) = aud {
+                claims["aud"] = json!(aud);
+            }
+            if let Some(iss) = iss {
+                claims["iss"] = json!(iss);
+            }
+            token(claims)
+        };
+        let right = with(Some("switchboard"), Some("https://auth.example"));
+        assert!(strict.authenticate(Some(&right), None).is_ok());
+        assert!(
+            invalid(
+                &strict,
+                &with(Some("billing"), Some("https://auth.example"))
+            ),
+            "wrong aud"
+        );
+        assert!(
+            invalid(
+                &strict,
+                &with(Some("switchboard"), Some("https://evil.example"))
+            ),
+            "wrong iss"
+        );
+        assert!(
+            invalid(&strict, &with(None, Some("https://auth.example"))),
+            "missing aud"
+        );
+        assert!(
+            invalid(&strict, &with(Some("switchboard"), None)),
+            "missing iss"
+        );
+        let list = token(
+            json!({"sub":"bob","exp":now()+60,"aud":["other","switchboard"],"iss":"https://auth.example"}),
+        );
+        assert!(
+            strict.authenticate(Some(&list), None).is_ok(),
+            "aud as a list"
+        );
     }
 }

@@ -74,10 +74,35 @@ pub struct AuthArgs {
     /// Path of an RS256 or ES256 public key (PEM) to verify JWTs with.
     #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+    /// Accepted `aud` values, comma-separated: a token must carry one.
+    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+    /// Accepted `iss` values, comma-separated: a token must carry one.
+    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf` (connections close at
+    /// `exp` + leeway).
+    #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY", default_value = "0s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
 }
 
 impl AuthArgs {
     pub fn authenticator(&self) -> Result<Authenticator, StartError> {
+        let rules = switchboard_auth::JwtRules {
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+            leeway: self.jwt_leeway,
+        };
+        let keyed = self.key_authenticator()?;
+        if !keyed.requires_token() && (!rules.audience.is_empty() || !rules.issuer.is_empty()) {
+            return Err(StartError::Config(
+                "--jwt-audience and --jwt-issuer need --jwt-secret or --jwt-public-key".into(),
+            ));
+        }
+        Ok(keyed.with_rules(&rules))
+    }
+
+    fn key_authenticator(&self) -> Result<Authenticator, StartError> {
         match (&self.jwt_secret, &self.jwt_public_key) {
             (Some(_), Some(_)) => Err(StartError::Config(
                 "set either --jwt-secret or --jwt-public-key, not both".into(),

@@ -551,3 +551,53 @@ async fn grpc_connect_ends_unauthenticated_on_token_expiry() {
     assert_eq!(code, Some(tonic::Code::Unauthenticated));
     drop(tx);
 }
+
+/// `--jwt-audience` and `--jwt-issuer` refuse tokens minted for another
+/// service or by another issuer; `nbf` in the future is refused; a token
+/// that satisfies them connects, on WebSocket and over HTTP.
+#[tokio::test]
+async fn audience_issuer_and_nbf_are_enforced_end_to_end() {
+    let server = TestServer::with_args(&[
+        "--jwt-secret",
+        SECRET,
+        "--jwt-audience",
+        "switchboard",
+        "--jwt-issuer",
+        "https://auth.example",
+    ])
+    .await;
+    let good = token(
+        "alice",
+        json!({"aud": "switchboard", "iss": "https://auth.example"}),
+    );
+    let wrong_aud = token(
+        "alice",
+        json!({"aud": "billing", "iss": "https://auth.example"}),
+    );
+    let wrong_iss = token(
+        "alice",
+        json!({"aud": "switchboard", "iss": "https://other.example"}),
+    );
+    let too_early = token(
+        "alice",
+        json!({"aud": "switchboard", "iss": "https://auth.example", "nbf": now() + 120}),
+    );
+    for (bad, why) in [
+        (&wrong_aud, "aud"),
+        (&wrong_iss, "iss"),
+        (&too_early, "nbf"),
+    ] {
+        assert_eq!(
+            ws_refused(request(&server, "/ws", Some(bad))).await,
+            401,
+            "{why}"
+        );
+        let (status, body) = get_with(&server, "/api/rooms/lobby/messages", Some(bad)).await;
+        assert_eq!(status, 401, "{why}: {body}");
+    }
+    let mut ws = Ws::try_connect(request(&server, "/ws", Some(&good)))
+        .await
+        .expect("a token for this audience and issuer connects");
+    let ack = ws.publish("lobby", "hello", "a-1").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+}
