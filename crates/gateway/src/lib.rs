@@ -230,8 +230,6 @@ impl Gateway {
         Ok(self.auth.authenticate(token, requested_user)?)
     }
 
-    /// Opens a protocol session for a client at `peer` (its address, for
-    /// per-address limits); the receiver is what its writer drains.
     /// A place under the connection caps for a client at `peer`, taken
     /// when its WebSocket, SSE stream or gRPC stream is admitted (before
     /// the upgrade); `unavailable` (503) over a cap.
@@ -280,8 +278,9 @@ impl Gateway {
         self.slots.held()
     }
 
-    /// Opens the session of an admitted connection; it keeps `slot` for
-    /// its life.
+    /// Opens the protocol session of an admitted connection; it keeps
+    /// `slot` (its place and client address) for its life. The receiver
+    /// is what its writer drains.
     pub fn open_session(
         self: &Arc<Self>,
         identity: Identity,

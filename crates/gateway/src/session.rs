@@ -67,15 +67,7 @@ impl Session {
             limits.publish_burst * FRAME_BUDGET_FACTOR,
         );
         let control = ConnControl::new();
-        let expiry = identity.expires_at.map(|at| {
-            let control = control.clone();
-            let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                control.close(CloseReason::TokenExpired);
-            })
-            .abort_handle()
-        });
+        let expiry = arm_expiry(&control, identity.expires_at);
         metrics::gauge!(names::CONNECTIONS, "transport" => transport.as_str()).increment(1.0);
         metrics::counter!(names::CONNECTIONS_TOTAL, "transport" => transport.as_str()).increment(1);
         let session = Self {
@@ -183,6 +175,7 @@ impl Session {
                 (None, outcome)
             }
             ClientFrame::Ping => (None, Ok(ServerFrame::Pong)),
+            ClientFrame::Refresh { token } => (None, self.refresh(&token).await),
         };
         let frame = outcome.unwrap_or_else(|err| self.error_frame(id, &err));
         self.push(Outbound::frame(frame)).await;
@@ -251,6 +244,57 @@ impl Session {
         while self.publishes.as_ref().is_some_and(|p| !p.is_empty()) {
             self.answer_one().await;
         }
+    }
+
+    /// Replaces the connection's credentials with a new token of the same
+    /// user (spec §7): rooms it no longer allows are left (with a
+    /// `forbidden` error each), and the expiry timer follows the new
+    /// `exp`. A refused refresh changes nothing: the old token stays until
+    /// it expires.
+    async fn refresh(&mut self, token: &str) -> Result<ServerFrame, GatewayError> {
+        if !self.gateway.requires_token() {
+            return Err(GatewayError::refused(
+                ErrorCode::BadFrame,
+                "this server does not use tokens; there is nothing to refresh",
+            ));
+        }
+        let identity = self.gateway.authenticate(Some(token), None)?;
+        if identity.user != self.identity.user {
+            return Err(GatewayError::refused(
+                ErrorCode::Unauthorized,
+                format!(
+                    "a refresh must keep the user: this connection is {}, the token is for another sub",
+                    self.identity.user
+                ),
+            ));
+        }
+        let dropped: Vec<RoomName> = self
+            .rooms
+            .iter()
+            .filter(|room| !identity.can_subscribe(room))
+            .cloned()
+            .collect();
+        let exp = identity
+            .expires_at
+            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        if let Some(old) = self.expiry.take() {
+            old.abort();
+        }
+        self.expiry = arm_expiry(&self.control, identity.expires_at);
+        self.identity = identity;
+        for room in dropped {
+            if self.unsubscribe(room.as_str()).await.is_ok() {
+                let err = GatewayError::refused(
+                    ErrorCode::Forbidden,
+                    format!("the refreshed token no longer allows {room}; unsubscribed"),
+                );
+                let frame = self.error_frame(None, &err);
+                self.push(Outbound::frame(frame)).await;
+            }
+        }
+        metrics::counter!(names::TOKEN_REFRESHES).increment(1);
+        Ok(ServerFrame::Refreshed { exp })
     }
 
     /// Answers a frame that could not be parsed; the connection stays open.
@@ -475,6 +519,19 @@ impl Session {
     pub fn subscribed_rooms(&self) -> usize {
         self.rooms.len()
     }
+}
+
+/// Closes the connection (4001) when its credentials expire.
+fn arm_expiry(control: &Arc<ConnControl>, expires_at: Option<SystemTime>) -> Option<AbortHandle> {
+    expires_at.map(|at| {
+        let control = control.clone();
+        let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            control.close(CloseReason::TokenExpired);
+        })
+        .abort_handle()
+    })
 }
 
 impl Drop for Session {

@@ -41,6 +41,10 @@ pub enum ClientFrame {
     Presence {
         room: String,
     },
+    /// A new token for the same user (spec §7).
+    Refresh {
+        token: String,
+    },
     Ping,
 }
 
@@ -99,6 +103,7 @@ impl ClientFrame {
             }),
             Some(Frame::Presence(p)) => Ok(ClientFrame::Presence { room: p.room }),
             Some(Frame::Ping(_)) => Ok(ClientFrame::Ping),
+            Some(Frame::Refresh(r)) => Ok(ClientFrame::Refresh { token: r.token }),
             None => Err(BadFrame {
                 id: None,
                 message: "empty frame: set one of the oneof fields".into(),
@@ -137,6 +142,10 @@ pub enum ServerFrame {
         code: ErrorCode,
         message: String,
     },
+    /// A refresh was accepted; the new token's `exp` (Unix seconds).
+    Refreshed {
+        exp: u64,
+    },
     Pong,
 }
 
@@ -167,6 +176,9 @@ enum JsonFrame<'a> {
         id: Option<&'a str>,
         code: &'static str,
         message: &'a str,
+    },
+    Refreshed {
+        exp: u64,
     },
     Pong,
 }
@@ -211,6 +223,7 @@ impl ServerFrame {
                 code: code.as_str(),
                 message,
             },
+            ServerFrame::Refreshed { exp } => JsonFrame::Refreshed { exp: *exp },
             ServerFrame::Pong => JsonFrame::Pong,
         };
         Bytes::from(to_json_vec(&frame))
@@ -260,6 +273,7 @@ impl ServerFrame {
                 code: code.as_str().to_owned(),
                 message: message.clone(),
             }),
+            ServerFrame::Refreshed { exp } => Frame::Refreshed(pb::Refreshed { exp: *exp }),
             ServerFrame::Pong => Frame::Pong(pb::Pong {}),
         };
         pb::ServerFrame { frame: Some(frame) }

@@ -601,3 +601,99 @@ async fn audience_issuer_and_nbf_are_enforced_end_to_end() {
     let ack = ws.publish("lobby", "hello", "a-1").await;
     assert_eq!(ack["type"], "ack", "{ack}");
 }
+
+// ---------------------------------------------------------------- refresh
+
+/// A refresh before `exp` keeps the connection open past the old token's
+/// expiry; rooms the new token drops are left with `forbidden`; a refresh
+/// for another `sub`, or with a forged token, is refused and changes
+/// nothing.
+#[tokio::test]
+async fn ws_refresh_replaces_the_token_without_reconnecting() {
+    let server = auth_server().await;
+    let first = sign(
+        &json!({"sub": "rita", "exp": now() + 2, "rooms": ["lobby", "secret"]}),
+        SECRET,
+    );
+    let mut ws = server.ws(&format!("/ws?access_token={first}")).await;
+    ws.subscribe("lobby", None).await;
+    ws.subscribe("secret", None).await;
+
+    let forged = sign(
+        &json!({"sub": "rita", "exp": now() + 60}),
+        "wrong-secret-0123456789abcdef",
+    );
+    ws.send(json!({"type": "refresh", "token": forged})).await;
+    let err = ws.recv_type("error").await;
+    assert_eq!(err["code"], "unauthorized", "{err}");
+    let other = sign(&json!({"sub": "mallory", "exp": now() + 60}), SECRET);
+    ws.send(json!({"type": "refresh", "token": other})).await;
+    let err = ws.recv_type("error").await;
+    assert_eq!(err["code"], "unauthorized", "another sub: {err}");
+
+    let exp = now() + 60;
+    let second = sign(
+        &json!({"sub": "rita", "exp": exp, "rooms": ["lobby"]}),
+        SECRET,
+    );
+    ws.send(json!({"type": "refresh", "token": second})).await;
+    let mut refreshed = None;
+    let mut left = false;
+    let mut forbidden = false;
+    while refreshed.is_none() {
+        let frame = ws.recv().await;
+        match frame["type"].as_str() {
+            Some("unsubscribed") => {
+                assert_eq!(frame["room"], "secret", "{frame}");
+                left = true;
+            }
+            Some("error") => {
+                assert_eq!(frame["code"], "forbidden", "{frame}");
+                forbidden = true;
+            }
+            Some("refreshed") => refreshed = Some(frame),
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    assert!(left && forbidden, "the dropped room is left with forbidden");
+    assert_eq!(refreshed.expect("refreshed")["exp"], exp);
+
+    // Past the first token's exp (2 s) the connection still works.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let ack = ws.publish("lobby", "still here", "r-1").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let refused = ws.publish("secret", "no longer", "r-2").await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    ws.send(json!({"type": "subscribe", "room": "secret"}))
+        .await;
+    let err = ws.recv_type("error").await;
+    assert_eq!(err["code"], "forbidden", "resume re-checks: {err}");
+}
+
+#[tokio::test]
+async fn grpc_connect_refresh_is_answered_with_refreshed() {
+    use pb::client_frame::Frame as C;
+    use pb::server_frame::Frame as S;
+    let server = auth_server().await;
+    let first = sign(&json!({"sub": "gia", "exp": now() + 60}), SECRET);
+    let mut client = server.grpc().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {first}").parse().expect("metadata"),
+    );
+    let mut stream = client.connect(request).await.expect("connect").into_inner();
+    let exp = now() + 120;
+    let second = sign(&json!({"sub": "gia", "exp": exp}), SECRET);
+    tx.send(pb::ClientFrame {
+        frame: Some(C::Refresh(pb::RefreshRequest { token: second })),
+    })
+    .await
+    .expect("sent");
+    let frame = common::next_grpc(&mut stream).await;
+    match frame.frame {
+        Some(S::Refreshed(r)) => assert_eq!(r.exp, exp),
+        other => panic!("expected refreshed, got {other:?}"),
+    }
+}

@@ -25,6 +25,8 @@ pub mod names {
     pub const CONNECTIONS: &str = "switchboard_connections";
     /// Counter of client connections accepted, label `transport`.
     pub const CONNECTIONS_TOTAL: &str = "switchboard_connections_total";
+    /// Counter of accepted token refreshes (spec §7).
+    pub const TOKEN_REFRESHES: &str = "switchboard_token_refreshes_total";
     /// Counter of connections refused at a cap, labels `reason`
     /// (`max_connections`, `max_connections_per_ip`) and `transport`.
     pub const CONNECTIONS_REFUSED: &str = "switchboard_connections_refused_total";
