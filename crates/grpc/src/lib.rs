@@ -25,11 +25,28 @@ use tokio_util::sync::CancellationToken;
 /// Concurrent streams one HTTP/2 connection may open: each stream is a
 /// session, so one connection cannot open unbounded numbers of them.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
-/// Server pings on every connection this often...
-const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
-/// ...and a peer that does not answer within this is dropped, with its
-/// streams and sessions.
-const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+/// How the gRPC listener treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcOptions {
+    /// A connection without any call for this long is closed.
+    pub idle_timeout: std::time::Duration,
+    /// The server pings every connection this often (HTTP/2 PING; TCP
+    /// keepalive follows it)...
+    pub keepalive_interval: std::time::Duration,
+    /// ...and drops a peer that does not answer within this, with its
+    /// streams and sessions.
+    pub keepalive_timeout: std::time::Duration,
+}
+
+impl Default for GrpcOptions {
+    fn default() -> Self {
+        Self {
+            idle_timeout: std::time::Duration::from_secs(300),
+            keepalive_interval: std::time::Duration::from_secs(20),
+            keepalive_timeout: std::time::Duration::from_secs(20),
+        }
+    }
+}
 /// Streams reset by the client before the server accepted them, kept at
 /// most (rapid-reset defence).
 const MAX_PENDING_RESETS: usize = 50;
@@ -48,7 +65,7 @@ pub enum GrpcError {
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
-    idle_timeout: std::time::Duration,
+    options: GrpcOptions,
     shutdown: CancellationToken,
 ) -> Result<(), GrpcError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -120,15 +137,15 @@ pub async fn serve(
     // rapid-reset and CONTINUATION-flood advisories.
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_keepalive_interval(Some(options.keepalive_interval))
+        .http2_keepalive_timeout(Some(options.keepalive_timeout))
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(chat)
         .add_service(seed)
         .serve_with_incoming_shutdown(
-            conn::incoming(listener, idle_timeout, KEEPALIVE_INTERVAL),
+            conn::incoming(listener, options.idle_timeout, options.keepalive_interval),
             signal,
         )
         .await?;

@@ -409,6 +409,12 @@ pub struct ServeArgs {
     /// A gRPC connection without any call for this long is closed.
     #[arg(long, env = "SWITCHBOARD_GRPC_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub grpc_idle_timeout: Duration,
+    /// The gRPC server pings every HTTP/2 connection this often.
+    #[arg(long, env = "SWITCHBOARD_GRPC_KEEPALIVE_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    pub grpc_keepalive_interval: Duration,
+    /// A gRPC peer that does not answer a ping within this is dropped.
+    #[arg(long, env = "SWITCHBOARD_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub grpc_keepalive_timeout: Duration,
     /// How long a graceful shutdown may take before the process exits anyway.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

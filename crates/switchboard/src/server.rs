@@ -81,6 +81,15 @@ pub async fn start(role: Role, args: &ServeArgs) -> Result<Server, StartError> {
     let core_config = args.retention.core_config(limits.max_text_bytes)?;
     let auth = args.auth.authenticator()?;
     let nats = args.nats.config(role.name(), limits.max_frame_bytes)?;
+    if args.grpc_keepalive_interval.is_zero()
+        || args.grpc_keepalive_timeout.is_zero()
+        || args.grpc_idle_timeout.is_zero()
+    {
+        return Err(StartError::Config(
+            "--grpc-keepalive-interval, --grpc-keepalive-timeout and --grpc-idle-timeout must be positive"
+                .into(),
+        ));
+    }
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
@@ -175,10 +184,15 @@ pub async fn start(role: Role, args: &ServeArgs) -> Result<Server, StartError> {
         let grpc = bind("gRPC", args.grpc_addr).await?;
         let grpc_addr = local_addr("gRPC", &grpc, args.grpc_addr)?;
         let grpc_gateway = gateway.clone();
-        let grpc_idle = args.grpc_idle_timeout;
+        let grpc_options = switchboard_grpc::GrpcOptions {
+            idle_timeout: args.grpc_idle_timeout,
+            keepalive_interval: args.grpc_keepalive_interval,
+            keepalive_timeout: args.grpc_keepalive_timeout,
+        };
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(err) = switchboard_grpc::serve(grpc_gateway, grpc, grpc_idle, stop).await {
+            if let Err(err) = switchboard_grpc::serve(grpc_gateway, grpc, grpc_options, stop).await
+            {
                 tracing::error!(%err, "gRPC server failed");
             }
         });
