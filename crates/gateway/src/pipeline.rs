@@ -18,6 +18,9 @@
 //!
 //! Acknowledgements of different rooms may therefore arrive in another
 //! order than their publishes; they carry the room and the client's `id`.
+//! A publish refused before it starts (rate limit, bad room, too large,
+//! forbidden) is answered at once, so its error may also come before the
+//! acks of earlier publishes.
 
 use crate::{GatewayError, PreparedPublish};
 use futures::StreamExt;
@@ -43,8 +46,9 @@ pub struct Published {
 
 type Running = BoxFuture<'static, (RoomName, Published)>;
 
-#[derive(Default)]
 pub(crate) struct Publishes {
+    /// Where the publishes go (the gateway's bus).
+    bus: Arc<dyn Bus>,
     /// Only ever used through `&mut self`; the wrapper lets a session
     /// (held across awaits by tonic's `Sync` futures) stay `Sync` although
     /// the bus's futures are only `Send`.
@@ -58,6 +62,16 @@ pub(crate) struct Publishes {
 }
 
 impl Publishes {
+    pub(crate) fn new(bus: Arc<dyn Bus>) -> Self {
+        Self {
+            bus,
+            running: SyncWrapper::default(),
+            running_len: 0,
+            busy: Vec::new(),
+            queued: VecDeque::new(),
+        }
+    }
+
     /// Accepted and not yet answered.
     pub(crate) fn len(&self) -> usize {
         self.running_len + self.queued.len()
@@ -68,22 +82,18 @@ impl Publishes {
     }
 
     /// Starts the publish, or queues it behind the running one of its room.
-    pub(crate) fn push(
-        &mut self,
-        id: Option<String>,
-        publish: PreparedPublish,
-        bus: &Arc<dyn Bus>,
-    ) {
+    pub(crate) fn push(&mut self, id: Option<String>, publish: PreparedPublish) {
         if self.busy.contains(publish.room()) {
             self.queued.push_back((id, publish));
         } else {
             self.busy.push(publish.room().clone());
-            self.start(id, publish, bus.clone());
+            self.start(id, publish);
         }
     }
 
-    fn start(&mut self, id: Option<String>, publish: PreparedPublish, bus: Arc<dyn Bus>) {
+    fn start(&mut self, id: Option<String>, publish: PreparedPublish) {
         let room = publish.room().clone();
+        let bus = self.bus.clone();
         self.running_len += 1;
         self.running.get_mut().push(Box::pin(async move {
             let outcome = publish.send(bus).await;
@@ -95,7 +105,7 @@ impl Publishes {
     ///
     /// Cancel-safe: nothing is taken out before it is returned, so it can
     /// race a socket read in `select!`.
-    pub(crate) async fn next(&mut self, bus: &Arc<dyn Bus>) -> Published {
+    pub(crate) async fn next(&mut self) -> Published {
         let Some((room, published)) = self.running.get_mut().next().await else {
             return std::future::pending().await;
         };
@@ -104,7 +114,7 @@ impl Publishes {
             // The room's next publish goes out now, still in arrival order.
             Some(at) => {
                 if let Some((id, publish)) = self.queued.remove(at) {
-                    self.start(id, publish, bus.clone());
+                    self.start(id, publish);
                 }
             }
             None => self.busy.retain(|busy| *busy != room),

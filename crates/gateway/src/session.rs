@@ -193,8 +193,11 @@ impl Session {
         let prepared =
             self.gateway
                 .prepare_publish(&self.identity, room, text, id.clone(), self.transport)?;
-        let publishes = self.publishes.get_or_insert_with(Box::default);
-        publishes.push(id, prepared, self.gateway.bus());
+        let bus = self.gateway.bus();
+        let publishes = self
+            .publishes
+            .get_or_insert_with(|| Box::new(Publishes::new(bus.clone())));
+        publishes.push(id, prepared);
         while self
             .publishes
             .as_ref()
@@ -211,7 +214,7 @@ impl Session {
     /// [`Session::reply_published`].
     pub async fn published(&mut self) -> Published {
         match self.publishes.as_mut() {
-            Some(publishes) => publishes.next(self.gateway.bus()).await,
+            Some(publishes) => publishes.next().await,
             None => std::future::pending().await,
         }
     }
