@@ -43,6 +43,10 @@ pub struct NatsConfig {
     pub max_message_bytes: usize,
     /// Client name shown by the server's monitoring.
     pub name: String,
+    /// Send a room's queued appends as one JetStream atomic batch (core
+    /// only; ADR 0011). Needs nats-server 2.12 or later: older servers are
+    /// detected and get one append per round trip.
+    pub atomic_batches: bool,
 }
 
 /// Default [`NatsConfig::max_bytes`]: 1 GiB.
@@ -65,6 +69,7 @@ impl NatsConfig {
             max_bytes: DEFAULT_MAX_BYTES,
             max_message_bytes: 65_536 + STORED_OVERHEAD_BYTES,
             name: name.to_owned(),
+            atomic_batches: true,
         })
     }
 }

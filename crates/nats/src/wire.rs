@@ -11,6 +11,13 @@ use switchboard_protocol::{ErrorCode, Event, EventFields, ProtocolError, SharedE
 /// with the stream sequence it makes the event's cursor.
 pub const EPOCH_HEADER: &str = "Sb-Epoch";
 
+/// Stored in place of `prev_offset` by every message of an atomic batch but
+/// the first: its predecessor is the stream sequence right before its own
+/// (a batch lands on consecutive sequences), which is not known when the
+/// batch is sent. Readers turn it back into `sequence - 1` (ADR 0011).
+/// Never a real predecessor: those are always below the event's sequence.
+pub const PREV_IS_PRECEDING: u64 = u64::MAX;
+
 pub fn encode_reply(reply: Reply) -> Bytes {
     Bytes::from(pb::BusReply { reply: Some(reply) }.encode_to_vec())
 }
@@ -46,6 +53,10 @@ pub fn stored_event(
     let mut event =
         EventFields::decode(payload).map_err(|err| ProtocolError::BadEvent(err.to_string()))?;
     event.cursor = format!("{epoch}:{sequence}");
+    if event.prev_offset == PREV_IS_PRECEDING {
+        // Sequence 1 has no predecessor; `0` is "first of the room".
+        event.prev_offset = sequence.saturating_sub(1);
+    }
     Ok(SharedEvent::new(Event::from_proto(event.into())?))
 }
 

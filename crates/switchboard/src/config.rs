@@ -349,6 +349,12 @@ pub struct NatsArgs {
     /// fail. Keep it below the NATS server's `max_file_store`.
     #[arg(long, env = "SWITCHBOARD_JETSTREAM_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
     pub jetstream_max_bytes: u64,
+    /// Send the appends queued for a room while one is in flight as one
+    /// JetStream atomic batch, one round trip (core; ADR 0011). Needs
+    /// nats-server 2.12 or later; older servers are detected and get one
+    /// round trip per append.
+    #[arg(long, env = "SWITCHBOARD_JETSTREAM_BATCHES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub jetstream_batches: bool,
 }
 
 impl NatsArgs {
@@ -392,6 +398,7 @@ impl NatsArgs {
         config.replicas = self.jetstream_replicas;
         config.max_bytes = self.jetstream_max_bytes;
         config.max_message_bytes = max_message_bytes;
+        config.atomic_batches = self.jetstream_batches;
         Ok(Some(config))
     }
 }

@@ -62,6 +62,14 @@ pub mod names {
         "refused",
         "contended",
     ];
+    /// Counter of room-log appends that JetStream acknowledged, label
+    /// `path`: `single` (one message, one round trip) or `batch` (queued
+    /// appends of one room sent as one atomic batch, ADR 0011).
+    pub const JETSTREAM_APPENDS: &str = "switchboard_jetstream_appends_total";
+    /// Counter of atomic batches, label `result`: `committed`, or
+    /// `fallback` (refused as a batch, e.g. for a duplicate id, and sent
+    /// one message at a time instead).
+    pub const JETSTREAM_BATCHES: &str = "switchboard_jetstream_batches_total";
     /// Histogram of append → write-to-socket time of events, seconds,
     /// label `transport`.
     pub const DELIVERY_LATENCY: &str = "switchboard_delivery_latency_seconds";
@@ -217,6 +225,12 @@ pub fn register_series() {
     }
     for result in ["recovered", "lost"] {
         metrics::counter!(names::RESUMES, "result" => result).increment(0);
+    }
+    for path in ["single", "batch"] {
+        metrics::counter!(names::JETSTREAM_APPENDS, "path" => path).increment(0);
+    }
+    for result in ["committed", "fallback"] {
+        metrics::counter!(names::JETSTREAM_BATCHES, "result" => result).increment(0);
     }
     for reason in names::JETSTREAM_PUBLISH_ERROR_REASONS {
         metrics::counter!(names::JETSTREAM_PUBLISH_ERRORS, "reason" => reason).increment(0);
