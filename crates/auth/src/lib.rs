@@ -5,11 +5,18 @@
 //! [`Identity`]. Without a configured key everyone is anonymous and names
 //! themselves with `?user=`; with a key every request needs a valid JWT.
 //! Transports decide where a token comes from; this crate decides whether
-//! it is good and what it allows.
+//! it is good and what it allows. Keys come from the configuration (a
+//! secret, a PEM file) or from an identity provider's JWKS URL
+//! ([`jwks`]), the only network access this crate makes.
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+pub mod jwks;
+
+pub use jwks::Jwks;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use rand::Rng;
 use serde::Deserialize;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_protocol::{ErrorCode, RoomName};
 
@@ -122,6 +129,12 @@ pub enum Authenticator {
         key: Box<DecodingKey>,
         validation: Box<Validation>,
     },
+    /// Keys of a JWKS URL, each with its own algorithm; `validation`
+    /// holds the claim rules.
+    Jwks {
+        jwks: Arc<Jwks>,
+        validation: Box<Validation>,
+    },
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -131,6 +144,7 @@ impl std::fmt::Debug for Authenticator {
             Authenticator::Jwt { validation, .. } => {
                 write!(f, "Authenticator::Jwt({:?})", validation.algorithms)
             }
+            Authenticator::Jwks { jwks, .. } => write!(f, "Authenticator::Jwks({})", jwks.url()),
         }
     }
 }
@@ -165,16 +179,18 @@ impl Authenticator {
     /// token's `alg` header never chooses it (so `none`, or HS256 signed
     /// with an RSA public key as the secret, is refused).
     fn jwt(key: DecodingKey, alg: Algorithm) -> Self {
-        let mut validation = Validation::new(alg);
-        validation.set_required_spec_claims(&["sub", "exp"]);
-        // Expiry is exact by default: connections are closed at `exp`, so
-        // a leeway only helps clocks that disagree (`--jwt-leeway`).
-        validation.leeway = 0;
-        validation.validate_nbf = true;
-        validation.validate_aud = false;
         Self::Jwt {
             key: Box::new(key),
-            validation: Box::new(validation),
+            validation: Box::new(base_validation(alg)),
+        }
+    }
+
+    /// Keys from a JWKS URL. Each key's algorithm is its own (see
+    /// [`jwks`]); a token is checked against the key its `kid` names.
+    pub fn jwks(jwks: Arc<Jwks>) -> Self {
+        Self::Jwks {
+            jwks,
+            validation: Box::new(base_validation(Algorithm::RS256)),
         }
     }
 
@@ -183,7 +199,9 @@ impl Authenticator {
     /// minted for another service is refused. `leeway` tolerates clock
     /// skew on `exp` and `nbf`.
     pub fn with_rules(mut self, rules: &JwtRules) -> Self {
-        if let Authenticator::Jwt { validation, .. } = &mut self {
+        if let Authenticator::Jwt { validation, .. } | Authenticator::Jwks { validation, .. } =
+            &mut self
+        {
             validation.leeway = rules.leeway.as_secs();
             if !rules.audience.is_empty() {
                 validation.set_audience(&rules.audience);
@@ -201,17 +219,21 @@ impl Authenticator {
     /// How long after `exp` a token is still honoured (the leeway).
     pub fn leeway(&self) -> Duration {
         match self {
-            Authenticator::Jwt { validation, .. } => Duration::from_secs(validation.leeway),
+            Authenticator::Jwt { validation, .. } | Authenticator::Jwks { validation, .. } => {
+                Duration::from_secs(validation.leeway)
+            }
             Authenticator::Anonymous => Duration::ZERO,
         }
     }
 
     pub fn requires_token(&self) -> bool {
-        matches!(self, Authenticator::Jwt { .. })
+        !matches!(self, Authenticator::Anonymous)
     }
 
     /// Checks a request's credentials. `requested_user` is `?user=`, only
-    /// honoured for anonymous access.
+    /// honoured for anonymous access. With a JWKS, only the cached keys
+    /// are used: a token naming an unknown key is refused (see
+    /// [`Authenticator::authenticate_fresh`]).
     pub fn authenticate(
         &self,
         token: Option<&str>,
@@ -222,42 +244,148 @@ impl Authenticator {
                 Some(user) => Ok(Identity::anonymous(validate_user(user)?)),
                 None => Ok(Identity::anonymous(guest_name())),
             },
-            Authenticator::Jwt { key, validation } => {
-                let token = token
-                    .filter(|t| !t.is_empty())
-                    .ok_or(AuthError::MissingToken)?;
-                let data =
-                    decode::<Claims>(token, key, validation).map_err(|err| match err.kind() {
-                        jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                        _ => AuthError::InvalidToken(err.to_string()),
-                    })?;
-                let claims = data.claims;
-                let user = validate_user(&claims.sub)?;
-                let subscribe = claims
-                    .rooms
-                    .map(|rs| rs.into_iter().map(RoomPattern).collect::<Vec<_>>());
-                let publish = claims
-                    .publish
-                    .map(|ps| ps.into_iter().map(RoomPattern).collect())
-                    .or_else(|| subscribe.clone());
-                Ok(Identity {
-                    user,
-                    // A signed but absurd `exp` (u64::MAX) must not overflow
-                    // the clock: it means "far future".
-                    // Closed when the token stops being accepted.
-                    expires_at: Some(
-                        UNIX_EPOCH
-                            .checked_add(Duration::from_secs(
-                                claims.exp.min(MAX_EXP).saturating_add(validation.leeway),
-                            ))
-                            .unwrap_or(UNIX_EPOCH),
-                    ),
-                    subscribe,
-                    publish,
-                })
+            Authenticator::Jwt { key, validation } => identity_of(present(token)?, key, validation),
+            Authenticator::Jwks { jwks, validation } => {
+                let token = present(token)?;
+                let kid = key_id(token)?;
+                match jwks.key(kid.as_deref()) {
+                    Some(key) => identity_with(token, &key, validation),
+                    None => Err(unknown_key(jwks, kid.as_deref())),
+                }
             }
         }
     }
+
+    /// [`Authenticator::authenticate`], and with a JWKS a token naming a
+    /// key the cached set lacks refetches the set first (the provider may
+    /// have rotated its keys), at most once per the set's minimum refetch
+    /// interval however many such tokens arrive.
+    pub async fn authenticate_fresh(
+        &self,
+        token: Option<&str>,
+        requested_user: Option<&str>,
+    ) -> Result<Identity, AuthError> {
+        let Authenticator::Jwks { jwks, validation } = self else {
+            return self.authenticate(token, requested_user);
+        };
+        let token = present(token)?;
+        let kid = key_id(token)?;
+        let key = match jwks.key(kid.as_deref()) {
+            Some(key) => key,
+            None => jwks
+                .refetch_for(kid.as_deref())
+                .await
+                .ok_or_else(|| unknown_key(jwks, kid.as_deref()))?,
+        };
+        identity_with(token, &key, validation)
+    }
+}
+
+impl Authenticator {
+    /// False only for a JWKS whose cached set lacks the key `token` names;
+    /// anything else (no token, a malformed one) is left to
+    /// [`Authenticator::authenticate`] to refuse.
+    pub fn knows_key(&self, token: Option<&str>) -> bool {
+        let Authenticator::Jwks { jwks, .. } = self else {
+            return true;
+        };
+        let Some(Ok(kid)) = present(token).ok().map(key_id) else {
+            return true;
+        };
+        jwks.key(kid.as_deref()).is_some()
+    }
+
+    /// With a JWKS lacking the key `token` names: refetches the set
+    /// (rate-limited, shared with concurrent callers).
+    pub async fn refetch_key(&self, token: Option<&str>) {
+        if let Authenticator::Jwks { jwks, .. } = self
+            && let Some(Ok(kid)) = present(token).ok().map(key_id)
+            && jwks.key(kid.as_deref()).is_none()
+        {
+            jwks.refetch_for(kid.as_deref()).await;
+        }
+    }
+}
+
+fn present(token: Option<&str>) -> Result<&str, AuthError> {
+    token
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::MissingToken)
+}
+
+/// The `kid` of a token's header (not yet verified: it only picks a key).
+fn key_id(token: &str) -> Result<Option<String>, AuthError> {
+    decode_header(token)
+        .map(|header| header.kid)
+        .map_err(|err| AuthError::InvalidToken(err.to_string()))
+}
+
+fn unknown_key(jwks: &Jwks, kid: Option<&str>) -> AuthError {
+    let kid: String = kid.unwrap_or_default().chars().take(64).collect();
+    AuthError::InvalidToken(format!(
+        "key id {kid:?} is not in the JWKS of {} (refetched at most every {}s)",
+        jwks.url(),
+        jwks.min_refetch().as_secs()
+    ))
+}
+
+/// The validation of the deployment, bound to the one algorithm of `key`.
+fn identity_with(
+    token: &str,
+    key: &jwks::JwksKey,
+    validation: &Validation,
+) -> Result<Identity, AuthError> {
+    let mut validation = validation.clone();
+    validation.algorithms = vec![key.alg];
+    identity_of(token, &key.key, &validation)
+}
+
+/// The claims every key configuration requires: `sub` and `exp`, `nbf`
+/// when present, no leeway unless configured.
+fn base_validation(alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.set_required_spec_claims(&["sub", "exp"]);
+    // Expiry is exact by default: connections are closed at `exp`, so
+    // a leeway only helps clocks that disagree (`--jwt-leeway`).
+    validation.leeway = 0;
+    validation.validate_nbf = true;
+    validation.validate_aud = false;
+    validation
+}
+
+fn identity_of(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+) -> Result<Identity, AuthError> {
+    let data = decode::<Claims>(token, key, validation).map_err(|err| match err.kind() {
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+        _ => AuthError::InvalidToken(err.to_string()),
+    })?;
+    let claims = data.claims;
+    let user = validate_user(&claims.sub)?;
+    let subscribe = claims
+        .rooms
+        .map(|rs| rs.into_iter().map(RoomPattern).collect::<Vec<_>>());
+    let publish = claims
+        .publish
+        .map(|ps| ps.into_iter().map(RoomPattern).collect())
+        .or_else(|| subscribe.clone());
+    Ok(Identity {
+        user,
+        // A signed but absurd `exp` (u64::MAX) must not overflow the
+        // clock: it means "far future". Closed when the token stops being
+        // accepted.
+        expires_at: Some(
+            UNIX_EPOCH
+                .checked_add(Duration::from_secs(
+                    claims.exp.min(MAX_EXP).saturating_add(validation.leeway),
+                ))
+                .unwrap_or(UNIX_EPOCH),
+        ),
+        subscribe,
+        publish,
+    })
 }
 
 /// 9999-12-31T23:59:59Z: later expiries are clamped to it.

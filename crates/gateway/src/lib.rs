@@ -222,12 +222,34 @@ impl Gateway {
         self.auth.requires_token()
     }
 
+    /// Checks a request's credentials against the keys at hand (with a
+    /// JWKS, the cached set: see [`Gateway::authenticate_fresh`]).
     pub fn authenticate(
         &self,
         token: Option<&str>,
         requested_user: Option<&str>,
     ) -> Result<Identity, GatewayError> {
         Ok(self.auth.authenticate(token, requested_user)?)
+    }
+
+    /// [`Gateway::authenticate`], refetching a JWKS first when the token
+    /// names a key the cached set lacks (rate-limited).
+    pub async fn authenticate_fresh(
+        &self,
+        token: Option<&str>,
+        requested_user: Option<&str>,
+    ) -> Result<Identity, GatewayError> {
+        Ok(self.auth.authenticate_fresh(token, requested_user).await?)
+    }
+
+    /// False only when `token` names a key a JWKS has not (yet) got: a
+    /// synchronous path then calls [`Gateway::refetch_key`] first.
+    pub fn knows_key(&self, token: Option<&str>) -> bool {
+        self.auth.knows_key(token)
+    }
+
+    pub async fn refetch_key(&self, token: Option<&str>) {
+        self.auth.refetch_key(token).await;
     }
 
     /// A place under the connection caps for a client at `peer`, taken

@@ -261,7 +261,7 @@ impl Session {
                 "this server does not use tokens; there is nothing to refresh",
             ));
         }
-        let identity = self.gateway.authenticate(Some(token), None)?;
+        let identity = self.gateway.authenticate_fresh(Some(token), None).await?;
         if identity.user != self.identity.user {
             return Err(GatewayError::refused(
                 ErrorCode::Unauthorized,

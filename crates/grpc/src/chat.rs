@@ -32,7 +32,10 @@ impl ChatApi {
 
 /// The identity of a call: `authorization: Bearer …` metadata, or for
 /// anonymous access the `x-user` metadata.
-pub(crate) fn identify(gateway: &Gateway, metadata: &MetadataMap) -> Result<Identity, Status> {
+pub(crate) async fn identify(
+    gateway: &Gateway,
+    metadata: &MetadataMap,
+) -> Result<Identity, Status> {
     let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
     let token = text("authorization").map(|v| {
         v.strip_prefix("Bearer ")
@@ -41,7 +44,8 @@ pub(crate) fn identify(gateway: &Gateway, metadata: &MetadataMap) -> Result<Iden
             .trim()
     });
     gateway
-        .authenticate(token, text("x-user"))
+        .authenticate_fresh(token, text("x-user"))
+        .await
         .map_err(|err| to_status(&err))
 }
 
@@ -72,7 +76,7 @@ impl pb::chat_server::Chat for ChatApi {
         &self,
         request: Request<Streaming<pb::ClientFrame>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let identity = identify(&self.gateway, request.metadata())?;
+        let identity = identify(&self.gateway, request.metadata()).await?;
         let peer = crate::conn::client_ip(&self.gateway, &request);
         let call = call_guard(&request);
         let inbound = request.into_inner();
@@ -108,7 +112,7 @@ impl pb::chat_server::Chat for ChatApi {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let identity = identify(&self.gateway, request.metadata())?;
+        let identity = identify(&self.gateway, request.metadata()).await?;
         let peer = crate::conn::client_ip(&self.gateway, &request);
         let call = call_guard(&request);
         let req = request.into_inner();
@@ -190,7 +194,7 @@ impl pb::chat_server::Chat for ChatApi {
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let _call = call_guard(&request);
-        let identity = identify(&self.gateway, request.metadata())?;
+        let identity = identify(&self.gateway, request.metadata()).await?;
         let span = call_span("grpc.publish", request.metadata());
         let peer = crate::conn::client_ip(&self.gateway, &request);
         let req = request.into_inner();
@@ -217,7 +221,7 @@ impl pb::chat_server::Chat for ChatApi {
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         let _call = call_guard(&request);
-        let identity = identify(&self.gateway, request.metadata())?;
+        let identity = identify(&self.gateway, request.metadata()).await?;
         let req = request.into_inner();
         let (room, events) = self
             .gateway
@@ -241,7 +245,7 @@ impl pb::chat_server::Chat for ChatApi {
         request: Request<pb::PresenceRequest>,
     ) -> Result<Response<pb::PresenceResponse>, Status> {
         let _call = call_guard(&request);
-        let identity = identify(&self.gateway, request.metadata())?;
+        let identity = identify(&self.gateway, request.metadata()).await?;
         let req = request.into_inner();
         let (room, users) = self
             .gateway

@@ -36,7 +36,7 @@ impl ChatService for SeedChat {
         &self,
         request: Request<Streaming<ChatMessage>>,
     ) -> Result<Response<Self::ChatStream>, Status> {
-        let identity = identify(&self.gateway, request.metadata())?;
+        let identity = identify(&self.gateway, request.metadata()).await?;
         let room = request
             .metadata()
             .get("x-room")

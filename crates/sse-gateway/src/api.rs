@@ -20,13 +20,15 @@ pub(crate) fn routes() -> Router<Arc<Gateway>> {
 
 type Params = Query<HashMap<String, String>>;
 
-fn identify(
+async fn identify(
     gateway: &Gateway,
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<Identity, GatewayError> {
     let token = request_token(headers, params.get("access_token").map(String::as_str));
-    gateway.authenticate(token, params.get("user").map(String::as_str))
+    gateway
+        .authenticate_fresh(token, params.get("user").map(String::as_str))
+        .await
 }
 
 #[derive(Deserialize)]
@@ -46,7 +48,7 @@ async fn publish(
     body: Body,
 ) -> Response {
     let outcome = async {
-        let identity = identify(&gateway, &headers, &params)?;
+        let identity = identify(&gateway, &headers, &params).await?;
         let max = gateway.limits().max_frame_bytes;
         let body = axum::body::to_bytes(body, max).await.map_err(|_| {
             GatewayError::refused(ErrorCode::TooLarge, format!("body exceeds {max} bytes"))
@@ -99,7 +101,7 @@ async fn history(
 ) -> Response {
     let peer = gateway.client_ip_of(Some(peer.0.ip()), &headers);
     let outcome = async {
-        let identity = identify(&gateway, &headers, &params)?;
+        let identity = identify(&gateway, &headers, &params).await?;
         gateway.ip_read_limit(peer)?;
         let limit = params
             .get("limit")
@@ -139,7 +141,7 @@ async fn presence(
 ) -> Response {
     let peer = gateway.client_ip_of(Some(peer.0.ip()), &headers);
     let outcome = async {
-        let identity = identify(&gateway, &headers, &params)?;
+        let identity = identify(&gateway, &headers, &params).await?;
         gateway.ip_read_limit(peer)?;
         let (room, users) = gateway.presence(&identity, &room).await?;
         gateway.ip_read_spend(peer, users.len());

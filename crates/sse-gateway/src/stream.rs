@@ -89,7 +89,8 @@ impl EventStream {
         }
         let token = request_token(headers, params.get("access_token").map(String::as_str));
         let identity = gateway
-            .authenticate(token, params.get("user").map(String::as_str))
+            .authenticate_fresh(token, params.get("user").map(String::as_str))
+            .await
             .map_err(IntoResponse::into_response)?;
         // The browser's own reconnect (Last-Event-ID) is newer than the URL's.
         let since = headers

@@ -84,28 +84,74 @@ pub struct AuthArgs {
     /// `exp` + leeway).
     #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY", default_value = "0s", value_parser = parse_duration)]
     pub jwt_leeway: Duration,
+    /// URL (http or https) of an identity provider's JWKS: its RSA, EC
+    /// and Ed25519 keys verify JWTs, each with its own algorithm.
+    #[arg(long, env = "SWITCHBOARD_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// Shortest time between two JWKS fetches caused by tokens naming an
+    /// unknown `kid` (a rotation): more such tokens are refused meanwhile.
+    #[arg(long, env = "SWITCHBOARD_JWT_JWKS_REFETCH", default_value = "30s", value_parser = parse_duration)]
+    pub jwt_jwks_refetch: Duration,
+    /// The JWKS is also refreshed this often, so withdrawn keys stop
+    /// being accepted.
+    #[arg(long, env = "SWITCHBOARD_JWT_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]
+    pub jwt_jwks_refresh: Duration,
 }
 
 impl AuthArgs {
-    pub fn authenticator(&self) -> Result<Authenticator, StartError> {
+    /// The configured authenticator; with a JWKS URL its keys are fetched
+    /// first (a provider that does not answer is logged, and its keys are
+    /// fetched again on the first token and then periodically).
+    pub async fn authenticator(&self) -> Result<Authenticator, StartError> {
         let rules = switchboard_auth::JwtRules {
             audience: self.jwt_audience.clone(),
             issuer: self.jwt_issuer.clone(),
             leeway: self.jwt_leeway,
         };
-        let keyed = self.key_authenticator()?;
+        let keyed = match &self.jwt_jwks_url {
+            Some(url) => self.jwks_authenticator(url).await?,
+            None => self.key_authenticator()?,
+        };
         if !keyed.requires_token() && (!rules.audience.is_empty() || !rules.issuer.is_empty()) {
             return Err(StartError::Config(
-                "--jwt-audience and --jwt-issuer need --jwt-secret or --jwt-public-key".into(),
+                "--jwt-audience and --jwt-issuer need --jwt-secret, --jwt-public-key or --jwt-jwks-url"
+                    .into(),
             ));
         }
         Ok(keyed.with_rules(&rules))
     }
 
+    async fn jwks_authenticator(&self, url: &str) -> Result<Authenticator, StartError> {
+        if self.jwt_secret.is_some() || self.jwt_public_key.is_some() {
+            return Err(StartError::Config(
+                "set one of --jwt-secret, --jwt-public-key and --jwt-jwks-url".into(),
+            ));
+        }
+        if self.jwt_jwks_refetch.is_zero() || self.jwt_jwks_refresh.is_zero() {
+            return Err(StartError::Config(
+                "--jwt-jwks-refetch and --jwt-jwks-refresh must be positive".into(),
+            ));
+        }
+        let jwks = std::sync::Arc::new(
+            switchboard_auth::Jwks::new(url, self.jwt_jwks_refetch)
+                .map_err(|err| StartError::Config(err.to_string()))?,
+        );
+        match jwks.fetch().await {
+            Ok(0) => tracing::error!(url, "the JWKS holds no usable key: every token is refused"),
+            Ok(_) => {}
+            Err(err) => tracing::error!(
+                %err,
+                "the JWKS could not be fetched: tokens are refused until it can"
+            ),
+        }
+        jwks.spawn_refresh(self.jwt_jwks_refresh);
+        Ok(Authenticator::jwks(jwks))
+    }
+
     fn key_authenticator(&self) -> Result<Authenticator, StartError> {
         match (&self.jwt_secret, &self.jwt_public_key) {
             (Some(_), Some(_)) => Err(StartError::Config(
-                "set either --jwt-secret or --jwt-public-key, not both".into(),
+                "set one of --jwt-secret, --jwt-public-key and --jwt-jwks-url".into(),
             )),
             (Some(secret), None) => Authenticator::hs256(secret.as_bytes())
                 .map_err(|err| StartError::Config(err.to_string())),

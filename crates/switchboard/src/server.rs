@@ -79,7 +79,7 @@ pub async fn start(role: Role, args: &ServeArgs) -> Result<Server, StartError> {
     switchboard_telemetry::register_series();
     let limits = args.limits.limits()?;
     let core_config = args.retention.core_config(limits.max_text_bytes)?;
-    let auth = args.auth.authenticator()?;
+    let auth = args.auth.authenticator().await?;
     let nats = args.nats.config(role.name(), limits.max_frame_bytes)?;
     if args.grpc_keepalive_interval.is_zero()
         || args.grpc_keepalive_timeout.is_zero()

@@ -64,7 +64,7 @@ async fn ws_json(
     headers: HeaderMap,
     upgrade: WsUpgrade,
 ) -> Response {
-    accept(gateway, peer, params, headers, upgrade, false)
+    accept(gateway, peer, params, headers, upgrade, false).await
 }
 
 async fn ws_chat(
@@ -74,12 +74,12 @@ async fn ws_chat(
     headers: HeaderMap,
     upgrade: WsUpgrade,
 ) -> Response {
-    accept(gateway, peer, params, headers, upgrade, true)
+    accept(gateway, peer, params, headers, upgrade, true).await
 }
 
 /// Everything that can be refused is refused here, before the upgrade, as
 /// a plain HTTP error a client can read.
-fn accept(
+async fn accept(
     gateway: Arc<Gateway>,
     peer: Peer,
     params: ConnectParams,
@@ -87,6 +87,10 @@ fn accept(
     upgrade: WsUpgrade,
     chat: bool,
 ) -> Response {
+    let token = request_token(&headers, params.access_token.as_deref());
+    if !gateway.knows_key(token) {
+        gateway.refetch_key(token).await;
+    }
     match admit(&gateway, peer, &params, &headers, chat) {
         Ok(admitted) => {
             upgrade.on_upgrade(move |socket| connection::run(socket, gateway, admitted, Vec::new()))
@@ -185,29 +189,53 @@ impl NativeRoute for NativeWs {
         native_request(head).is_some()
     }
 
-    fn serve(&self, head: RequestHead, mut conn: FrontIo, peer: Peer) {
+    fn serve(&self, head: RequestHead, conn: FrontIo, peer: Peer) {
         let Some((chat, params)) = native_request(&head) else {
             return;
         };
         let gateway = self.gateway.clone();
-        // Decided before any task exists, so the connection's task is
-        // exactly its `run` future: the 101 goes out as its first write.
-        let admitted = upgrade::Handshake::check(&head.method, head.version, &head.headers)
-            .and_then(|handshake| {
-                admit(&gateway, peer, &params, &head.headers, chat)
-                    .map(|admitted| (handshake, admitted))
+        let token = request_token(&head.headers, params.access_token.as_deref());
+        if !gateway.knows_key(token) {
+            // A JWKS key rotation (rare): refetch the provider's keys, then
+            // admit as below, in a task of its own.
+            let token = token.map(str::to_owned);
+            tokio::spawn(async move {
+                gateway.refetch_key(token.as_deref()).await;
+                serve_known(gateway, head, conn, peer, chat, params);
             });
-        match admitted {
-            Ok((handshake, admitted)) => {
-                let preface = handshake.response_head();
-                tokio::spawn(connection::run(conn, gateway, admitted, preface));
-            }
-            Err(refused) => {
-                tokio::spawn(async move {
-                    let _ = write_response(&mut conn, *refused, b"").await;
-                    let _ = conn.shutdown().await;
-                });
-            }
+            return;
+        }
+        serve_known(gateway, head, conn, peer, chat, params);
+    }
+}
+
+/// Admits (or refuses) a native upgrade whose keys are at hand.
+fn serve_known(
+    gateway: Arc<Gateway>,
+    head: RequestHead,
+    mut conn: FrontIo,
+    peer: Peer,
+    chat: bool,
+    params: ConnectParams,
+) {
+    // Decided before any task exists, so the connection's task is
+    // exactly its `run` future: the 101 goes out as its first write.
+    let admitted = upgrade::Handshake::check(&head.method, head.version, &head.headers).and_then(
+        |handshake| {
+            admit(&gateway, peer, &params, &head.headers, chat)
+                .map(|admitted| (handshake, admitted))
+        },
+    );
+    match admitted {
+        Ok((handshake, admitted)) => {
+            let preface = handshake.response_head();
+            tokio::spawn(connection::run(conn, gateway, admitted, preface));
+        }
+        Err(refused) => {
+            tokio::spawn(async move {
+                let _ = write_response(&mut conn, *refused, b"").await;
+                let _ = conn.shutdown().await;
+            });
         }
     }
 }
