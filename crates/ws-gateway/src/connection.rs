@@ -151,6 +151,9 @@ pub(crate) async fn run<S: Socket>(
             }
         })
         .await;
+        // Until the peer has read our close and ended its side (bounded).
+        // Boxed: its read buffer must not sit in every connection's task.
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, Box::pin(reader.drain())).await;
     }
     tracing::debug!(user = %session.identity().user, reason = ?control.reason(), "websocket closed");
 }

@@ -14,7 +14,7 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Poll, ready};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Bytes read per `read` syscall. On the stack of one poll, never kept.
 const READ_CHUNK: usize = 4096;
@@ -164,6 +164,22 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                     self.message_opcode = Some(opcode);
                     Ok(None)
                 }
+            }
+        }
+    }
+
+    /// Reads and discards until the peer ends the connection. After our
+    /// close frame, so the socket is not dropped with unread bytes in it:
+    /// the kernel would answer those with a reset, which can destroy our
+    /// close frame before the peer reads it (it would see 1006, not the
+    /// code we sent).
+    pub(crate) async fn drain(&mut self) {
+        self.buf = Vec::new();
+        self.start = 0;
+        let mut chunk = [0u8; READ_CHUNK];
+        while let Ok(n) = self.io.read(&mut chunk).await {
+            if n == 0 {
+                return;
             }
         }
     }
