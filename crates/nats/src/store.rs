@@ -6,8 +6,9 @@ use crate::{NatsConfig, NatsError, StorageKind, Subjects};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{
-    self, DirectGetErrorKind, DiscardPolicy, Republish, StorageType,
+    self, DirectGetErrorKind, DiscardPolicy, RawMessageErrorKind, Republish, StorageType,
 };
 use async_nats::jetstream::{self as js};
 use bytes::Bytes;
@@ -96,6 +97,9 @@ pub(crate) struct RoomLogs {
     epoch: RwLock<Epoch>,
     /// Most events a room holds: the bound of a resume read.
     retention_count: usize,
+    /// The stream's replicas: with more than one, reads go through the
+    /// leader (see [`RoomLogs::get`]).
+    replicas: usize,
     /// Last sequence per room subject as this core last saw it.
     last: Mutex<HashMap<RoomName, u64>>,
     /// Appends waiting per room. A room has an entry exactly while one of
@@ -196,6 +200,7 @@ impl RoomLogs {
             subjects,
             epoch: RwLock::new(epoch),
             retention_count: config.retention_count,
+            replicas: nats.replicas,
             last: Mutex::new(HashMap::new()),
             queues: Arc::new(Mutex::new(HashMap::new())),
             batches: AtomicBool::new(batches),
@@ -262,13 +267,46 @@ impl RoomLogs {
 
     /// The room's last stored sequence (0 for an empty room), from the server.
     pub(crate) async fn last_sequence(&self, room: &RoomName) -> Result<u64, BusError> {
-        match self
-            .stream
-            .direct_get_last_for_subject(self.subjects.log(room))
-            .await
-        {
-            Ok(message) => Ok(message.sequence),
-            Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(0),
+        let subject = self.subjects.log(room);
+        Ok(self
+            .get(Get::LastFor(&subject))
+            .await?
+            .map_or(0, |message| message.sequence))
+    }
+
+    /// One stored message, or `None` if there is none.
+    ///
+    /// With one replica, a direct get (cheap, answered by the one server
+    /// that has the stream). With several, a get through the stream
+    /// leader: direct gets are answered by any replica, including a
+    /// follower that is behind (nats-server enables them on a follower
+    /// from 90 % in sync), and a resume, history or expected-sequence read
+    /// from a stale replica would skip acknowledged events. The fault
+    /// suite found it: after the stream leader was killed, one resumed
+    /// subscriber missed an acknowledged message.
+    async fn get(&self, get: Get<'_>) -> Result<Option<StreamMessage>, BusError> {
+        if self.replicas <= 1 {
+            let request = self.stream.direct_get_builder();
+            let request = match get {
+                Get::At(sequence) => request.sequence(sequence),
+                Get::LastFor(subject) => request.last_by_subject(subject),
+                Get::NextFor(subject, from) => request.sequence(from).next_by_subject(subject),
+            };
+            return match request.send().await {
+                Ok(message) => Ok(Some(message)),
+                Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                Err(err) => Err(unavailable(err)),
+            };
+        }
+        let request = self.stream.raw_message_builder();
+        let request = match get {
+            Get::At(sequence) => request.sequence(sequence),
+            Get::LastFor(subject) => request.last_by_subject(subject),
+            Get::NextFor(subject, from) => request.sequence(from).next_by_subject(subject),
+        };
+        match request.send().await {
+            Ok(message) => Ok(Some(message)),
+            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
             Err(err) => Err(unavailable(err)),
         }
     }
@@ -614,13 +652,11 @@ impl RoomLogs {
         subject: &str,
         sequence: u64,
     ) -> Result<Option<Arc<SharedEvent>>, BusError> {
-        match self.stream.direct_get(sequence).await {
-            Ok(message) if message.subject.as_str() == subject => self
+        match self.get(Get::At(sequence)).await? {
+            Some(message) if message.subject.as_str() == subject => self
                 .decode_read(&message.payload, message.sequence)
                 .map(Some),
-            Ok(_) => Ok(None),
-            Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(err) => Err(unavailable(err)),
+            _ => Ok(None),
         }
     }
 
@@ -630,27 +666,21 @@ impl RoomLogs {
         subject: &str,
         from: u64,
     ) -> Result<Option<Arc<SharedEvent>>, BusError> {
-        match self
-            .stream
-            .direct_get_next_for_subject(subject, Some(from))
-            .await
-        {
-            Ok(message) => self
+        match self.get(Get::NextFor(subject, from)).await? {
+            Some(message) => self
                 .decode_read(&message.payload, message.sequence)
                 .map(Some),
-            Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(err) => Err(unavailable(err)),
+            None => Ok(None),
         }
     }
 
     /// The room's newest event.
     async fn last_event(&self, subject: &str) -> Result<Option<Arc<SharedEvent>>, BusError> {
-        match self.stream.direct_get_last_for_subject(subject).await {
-            Ok(message) => self
+        match self.get(Get::LastFor(subject)).await? {
+            Some(message) => self
                 .decode_read(&message.payload, message.sequence)
                 .map(Some),
-            Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(err) => Err(unavailable(err)),
+            None => Ok(None),
         }
     }
 
@@ -930,6 +960,14 @@ const EXPECTED_LAST_SUBJECT_SEQUENCE_HEADER: &str = "Nats-Expected-Last-Subject-
 const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// "atomic publish is disabled" (the stream no longer allows batches).
 const ATOMIC_PUBLISH_DISABLED: u64 = 10174;
+
+/// Which stored message [`RoomLogs::get`] reads.
+enum Get<'a> {
+    At(u64),
+    LastFor(&'a str),
+    /// The first message of the subject at or after the sequence.
+    NextFor(&'a str, u64),
+}
 
 enum BatchOutcome {
     /// Stored on the `count` sequences ending at `last`.

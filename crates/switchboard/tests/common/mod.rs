@@ -5,6 +5,7 @@
 
 pub mod peers;
 pub mod procs;
+pub mod proxy;
 
 use clap::Parser;
 use futures::{SinkExt, StreamExt};

@@ -52,6 +52,11 @@ pub struct Nats {
     /// Port of the monitoring endpoints (`/jsz`), if served.
     pub monitor_port: Option<u16>,
     max_file_store: Option<String>,
+    /// `sync_interval: always`, as the shipped configs run JetStream.
+    sync_always: bool,
+    /// Clients learn no other cluster member than the URL they were given
+    /// (so a proxy in front of a node stays the only way to it).
+    no_advertise: bool,
     child: Option<Child>,
 }
 
@@ -79,6 +84,8 @@ impl Nats {
             name: "n0".to_owned(),
             monitor_port: options.monitor.then(free_port),
             max_file_store: options.max_file_store,
+            sync_always: false,
+            no_advertise: false,
             child: None,
         };
         nats.run();
@@ -116,6 +123,24 @@ impl Nats {
         cluster_port: u16,
         routes: Vec<u16>,
     ) -> Self {
+        Self::start_node_with(
+            name,
+            store,
+            port,
+            cluster_port,
+            routes,
+            ClusterOptions::default(),
+        )
+    }
+
+    fn start_node_with(
+        name: &str,
+        store: &Path,
+        port: u16,
+        cluster_port: u16,
+        routes: Vec<u16>,
+        options: ClusterOptions,
+    ) -> Self {
         let mut nats = Self {
             port,
             cluster_port,
@@ -124,6 +149,8 @@ impl Nats {
             name: name.to_owned(),
             monitor_port: None,
             max_file_store: None,
+            sync_always: options.sync_always,
+            no_advertise: options.no_advertise,
             child: None,
         };
         nats.run();
@@ -143,11 +170,21 @@ impl Nats {
         if let Some(port) = self.monitor_port {
             command.args(["-m", &port.to_string()]);
         }
+        // Not command-line flags: a config file holds them.
+        let mut jetstream = Vec::new();
         if let Some(max) = &self.max_file_store {
-            // Not a command-line flag: a config file holds it.
+            jetstream.push(format!("max_file_store: {max}"));
+        }
+        if self.sync_always {
+            jetstream.push("sync_interval: always".to_owned());
+        }
+        if !jetstream.is_empty() {
             let config = self.store.join("limits.conf");
-            std::fs::write(&config, format!("jetstream {{ max_file_store: {max} }}\n"))
-                .expect("config written");
+            std::fs::write(
+                &config,
+                format!("jetstream {{ {} }}\n", jetstream.join(", ")),
+            )
+            .expect("config written");
             command.arg("-c").arg(config);
         }
         if !self.routes.is_empty() {
@@ -163,6 +200,9 @@ impl Nats {
                     &format!("nats://127.0.0.1:{}", self.cluster_port),
                 ])
                 .args(["--routes", &routes.join(",")]);
+            if self.no_advertise {
+                command.arg("--no_advertise");
+            }
         }
         self.child = Some(command.spawn().expect("nats-server starts"));
         wait_for_port(self.port, "nats-server");
@@ -213,12 +253,30 @@ impl Nats {
         self.kill();
         self.run();
     }
+
+    /// Starts it again after [`Nats::kill`] (the process is gone).
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.run();
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 impl Drop for Nats {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// How the nodes of a [`NatsCluster`] run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterOptions {
+    pub sync_always: bool,
+    pub no_advertise: bool,
 }
 
 /// A 3-node JetStream cluster.
@@ -228,6 +286,10 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     pub fn start(store: &Path) -> Self {
+        Self::start_with(store, ClusterOptions::default())
+    }
+
+    pub fn start_with(store: &Path, options: ClusterOptions) -> Self {
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let nodes = ports
             .iter()
@@ -239,12 +301,13 @@ impl NatsCluster {
                     .filter(|(j, _)| *j != i)
                     .map(|(_, (_, c))| *c)
                     .collect();
-                Nats::start_node(
+                Nats::start_node_with(
                     &format!("n{i}"),
                     &store.join(format!("n{i}")),
                     *port,
                     *cluster,
                     routes,
+                    options,
                 )
             })
             .collect();
