@@ -19,7 +19,7 @@
 //! timeout; a whole-cluster restart (every node SIGKILLed, then started);
 //! SIGKILL of a core and of a gateway mid-publish; and a network fault
 //! between a gateway and NATS, through a proxy ([`common::proxy`]) that
-//! cuts (resets) or black-holes the links. Each run prints one line of
+//! cuts, black-holes or delays (400 ms each way) the links. Each run prints one line of
 //! the table in `docs/RELIABILITY.md`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -414,6 +414,15 @@ impl Deployment {
                 self.cores[0].wait_ready(true).await;
                 self.start_gateway(1).await;
             }
+            Fault::DelayGateway => {
+                for proxy in &self.proxies {
+                    proxy.delay(Duration::from_millis(400));
+                }
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                for proxy in &self.proxies {
+                    proxy.delay(Duration::ZERO);
+                }
+            }
             Fault::CutGateway | Fault::BlackholeGateway => {
                 let link = if fault == Fault::CutGateway {
                     Link::Cut
@@ -448,6 +457,7 @@ enum Fault {
     KillCoreAndGateway,
     CutGateway,
     BlackholeGateway,
+    DelayGateway,
 }
 
 /// One run's figures: a row of the table.
@@ -608,6 +618,7 @@ async fn service_and_network_faults_lose_nothing() {
         Fault::KillCoreAndGateway,
         Fault::CutGateway,
         Fault::BlackholeGateway,
+        Fault::DelayGateway,
     ])
     .await;
 }
