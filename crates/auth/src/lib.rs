@@ -362,6 +362,15 @@ fn identity_of(
         jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
         _ => AuthError::InvalidToken(err.to_string()),
     })?;
+    // RFC 7515 §4.1.11: a recipient must refuse a token whose `crit`
+    // header lists extensions it does not implement. Switchboard
+    // implements none, and `jsonwebtoken` does not check: `crit: ["b64"]`
+    // with `b64: false` would mean the signature covers another payload.
+    if data.header.crit.is_some() {
+        return Err(AuthError::InvalidToken(
+            "critical header extensions (crit) are not supported".into(),
+        ));
+    }
     let claims = data.claims;
     let user = validate_user(&claims.sub)?;
     let subscribe = claims
@@ -547,6 +556,27 @@ mod tests {
         )
         .expect("enc");
         assert!(invalid(&auth, &other_alg), "HS512 with the right secret");
+    }
+
+    /// Found by the `jwt_header` fuzz target: a correctly signed token
+    /// whose header had `crit` was accepted (`jsonwebtoken` ignores it).
+    #[test]
+    fn critical_header_extensions_are_refused() {
+        let auth = Authenticator::hs256(SECRET).expect("config");
+        let claims = json!({"sub":"eve","exp":now()+60});
+        for crit in [vec![], vec!["b64".to_owned()], vec!["exp-ext".to_owned()]] {
+            let mut header = Header::new(Algorithm::HS256);
+            header.crit = Some(crit.clone());
+            let signed = encode(&header, &claims, &EncodingKey::from_secret(SECRET)).expect("enc");
+            assert!(invalid(&auth, &signed), "crit {crit:?}");
+        }
+        let plain = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .expect("enc");
+        assert!(auth.authenticate(Some(&plain), None).is_ok());
     }
 
     /// The classic confusion: an RS256 deployment's public key, used as an

@@ -78,9 +78,16 @@ impl FromStr for Cursor {
         let (epoch, offset) = s
             .split_once(':')
             .ok_or_else(|| ProtocolError::BadCursor(format!("{s:?} is not <epoch>:<offset>")))?;
+        // Only the spelling `Display` writes: `u64::from_str` alone would
+        // also take `+7` and `007`, several strings for one position and
+        // cursors of any length (`000…0`).
+        let digits = !offset.is_empty() && offset.bytes().all(|b| b.is_ascii_digit());
+        let canonical = digits && (offset == "0" || !offset.starts_with('0'));
         let offset = offset
             .parse::<u64>()
-            .map_err(|_| ProtocolError::BadCursor(format!("bad offset in {s:?}")))?;
+            .ok()
+            .filter(|_| canonical)
+            .ok_or_else(|| ProtocolError::BadCursor(format!("bad offset in {s:?}")))?;
         // Offsets are stream sequences, far below this; refusing the top
         // half keeps every `offset + 1` downstream from overflowing.
         if offset > MAX_OFFSET {
@@ -118,6 +125,21 @@ mod tests {
         assert_eq!(c.to_string(), "abc123:7");
     }
 
+    /// Found by the canonical-spelling property of the `cursor` fuzz
+    /// target: `u64::from_str` took `e:+7` and `e:007` (and `e:` then any
+    /// number of zeros), which all display as `e:7`.
+    #[test]
+    fn only_the_canonical_spelling_parses() {
+        for ok in ["e:0", "e:7", "e:9223372036854775807"] {
+            let c: Cursor = ok.parse().expect(ok);
+            assert_eq!(c.to_string(), ok);
+        }
+        let zeros = format!("e:{}1", "0".repeat(10_000));
+        for bad in ["e:+7", "e:007", "e:-0", "e:+0", zeros.as_str()] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
+        }
+    }
+
     #[test]
     fn rejects_garbage() {
         for bad in [
@@ -132,6 +154,11 @@ mod tests {
             "e.1:2",
             "e:18446744073709551615",
             "e:9223372036854775808",
+            "e:+1",
+            "e:01",
+            "e:00",
+            "e: 1",
+            "e:1 ",
         ] {
             assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
         }

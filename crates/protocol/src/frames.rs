@@ -66,6 +66,15 @@ impl ClientFrame {
     /// assert!(ClientFrame::from_json(r#"{"type":"dance"}"#).is_err());
     /// ```
     pub fn from_json(text: &str) -> Result<Self, BadFrame> {
+        // serde's derived visitors also read a JSON array positionally
+        // (`["publish","lobby","hi"]` would be a publish): frames are
+        // objects, and a second syntax is a second thing to keep safe.
+        if is_json_array(text.as_bytes()) {
+            return Err(BadFrame {
+                id: None,
+                message: "not a valid frame: a frame is a JSON object, not an array".into(),
+            });
+        }
         serde_json::from_str(text).map_err(|err| {
             // Second, lenient look only on the error path: recover the id.
             let id = serde_json::from_str::<serde_json::Value>(text)
@@ -110,6 +119,13 @@ impl ClientFrame {
             }),
         }
     }
+}
+
+/// Whether `json` is an array (its first non-whitespace byte is `[`).
+fn is_json_array(json: &[u8]) -> bool {
+    json.iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|&b| b == b'[')
 }
 
 /// Every server → client frame that is not a stored event.
@@ -362,6 +378,24 @@ mod tests {
                 .expect_err("bad")
                 .message
                 .contains("JSON")
+        );
+    }
+
+    /// The hole the `http_body` fuzz target found in the publish body,
+    /// here too: a JSON array was read positionally as a frame.
+    #[test]
+    fn arrays_are_not_frames() {
+        for text in [
+            r#"["ping"]"#,
+            r#" ["publish","lobby","hi","c-1"]"#,
+            "\n\t[\"subscribe\",\"lobby\"]",
+        ] {
+            let err = ClientFrame::from_json(text).expect_err(text);
+            assert!(err.message.starts_with("not a valid frame"), "{err:?}");
+        }
+        assert_eq!(
+            ClientFrame::from_json(r#" {"type":"ping"}"#).expect("object"),
+            ClientFrame::Ping
         );
     }
 

@@ -31,12 +31,45 @@ async fn identify(
         .await
 }
 
-#[derive(Deserialize)]
+/// The JSON body of `POST /api/rooms/{room}/messages`:
+/// `{"text":…,"id":…}`, nothing else (a misspelt `id` must not silently
+/// lose idempotency, hence `deny_unknown_fields`).
+///
+/// Public so that the fuzz targets and property tests parse bodies with
+/// the very type the handler uses.
+///
+/// ```
+/// use switchboard_sse::PublishBody;
+/// let body = PublishBody::from_json(br#"{"text":"hi","id":"c-1"}"#).unwrap();
+/// assert_eq!(body.id.as_deref(), Some("c-1"));
+/// assert!(PublishBody::from_json(br#"{"text":"hi","idd":"c-1"}"#).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PublishBody {
-    text: String,
+pub struct PublishBody {
+    pub text: String,
+    /// The publish id; the `Idempotency-Key` header stands in when absent.
     #[serde(default)]
-    id: Option<String>,
+    pub id: Option<String>,
+}
+
+impl PublishBody {
+    /// Parses a request body as the handler does; size limits are the
+    /// handler's, applied before.
+    pub fn from_json(body: &[u8]) -> Result<Self, serde_json::Error> {
+        // serde's derived visitor also reads a JSON array positionally
+        // (`["hi","c-1"]`), which the API does not offer.
+        let first = body
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        if first == Some(&b'[') {
+            return Err(serde::de::Error::invalid_type(
+                serde::de::Unexpected::Seq,
+                &"a JSON object",
+            ));
+        }
+        serde_json::from_slice(body)
+    }
 }
 
 async fn publish(
@@ -53,7 +86,7 @@ async fn publish(
         let body = axum::body::to_bytes(body, max).await.map_err(|_| {
             GatewayError::refused(ErrorCode::TooLarge, format!("body exceeds {max} bytes"))
         })?;
-        let body: PublishBody = serde_json::from_slice(&body).map_err(|err| {
+        let body = PublishBody::from_json(&body).map_err(|err| {
             GatewayError::refused(
                 ErrorCode::BadFrame,
                 format!("body must be {{\"text\":…,\"id\":…}}: {err}"),
@@ -153,5 +186,21 @@ async fn presence(
             axum::Json(serde_json::json!({ "room": room.as_str(), "users": users })).into_response()
         }
         Err(err) => err.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `http_body` fuzz target: `[\n"jwk"]` was a body with
+    /// text `jwk`.
+    #[test]
+    fn arrays_are_not_bodies() {
+        for body in [&br#"["hi"]"#[..], br#" ["hi","c-1"]"#, b"\n[\"jwk\"]"] {
+            assert!(PublishBody::from_json(body).is_err(), "{body:?}");
+        }
+        let body = PublishBody::from_json(br#" {"text":"hi","id":"c-1"}"#).expect("object");
+        assert_eq!(body.text, "hi");
     }
 }

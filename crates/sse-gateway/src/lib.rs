@@ -10,6 +10,9 @@ mod api;
 mod native;
 mod stream;
 
+pub use api::PublishBody;
+pub use stream::resume_from;
+
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method};
 use std::sync::Arc;

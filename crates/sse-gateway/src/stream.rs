@@ -51,6 +51,32 @@ pub(crate) async fn sse(
     response
 }
 
+/// The cursor a stream resumes from, still unparsed: the browser's own
+/// reconnect (`Last-Event-ID`) is newer than the URL's `?since=`, so the
+/// header wins unless it is empty or not visible ASCII (then `?since=`
+/// applies, as if the header were absent). The session parses the cursor,
+/// so a malformed one is refused like any other.
+///
+/// ```
+/// use axum::http::HeaderMap;
+/// use std::collections::HashMap;
+/// let mut headers = HeaderMap::new();
+/// let params = HashMap::from([("since".to_owned(), "e:1".to_owned())]);
+/// assert_eq!(switchboard_sse::resume_from(&headers, &params), Some("e:1"));
+/// headers.insert("last-event-id", "e:7".parse().unwrap());
+/// assert_eq!(switchboard_sse::resume_from(&headers, &params), Some("e:7"));
+/// ```
+pub fn resume_from<'a>(
+    headers: &'a HeaderMap,
+    params: &'a HashMap<String, String>,
+) -> Option<&'a str> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .or_else(|| params.get("since").map(String::as_str))
+}
+
 /// The stream owns the session: when the client goes away the body is
 /// dropped, and with it the session, which leaves the room. A client that
 /// stops reading is dropped by the socket's write timeout (see the
@@ -92,12 +118,7 @@ impl EventStream {
             .authenticate_fresh(token, params.get("user").map(String::as_str))
             .await
             .map_err(IntoResponse::into_response)?;
-        // The browser's own reconnect (Last-Event-ID) is newer than the URL's.
-        let since = headers
-            .get("last-event-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .or_else(|| params.get("since").map(String::as_str));
+        let since = resume_from(headers, params);
         let slot = gateway
             .claim_connection(
                 gateway.client_ip_of(Some(peer.0.ip()), headers),
