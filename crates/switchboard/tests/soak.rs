@@ -145,10 +145,13 @@ async fn client(i: usize, url: String, rooms: usize, until: Instant, tally: Arc<
             };
             match frame["type"].as_str() {
                 Some("subscribed") => {
-                    if last.is_none() {
-                        last = frame["cursor"].as_str().map(str::to_owned);
-                    } else if frame["recovered"] != true {
+                    if last.is_some() && frame["recovered"] != true {
+                        // Announced: the gap is the server's honest answer,
+                        // counted here, not again as lost events.
                         tally.unrecovered.fetch_add(1, Ordering::Relaxed);
+                        last = frame["cursor"].as_str().map(str::to_owned);
+                    } else if last.is_none() {
+                        last = frame["cursor"].as_str().map(str::to_owned);
                     }
                 }
                 Some("message" | "join" | "leave") if frame["room"] == room.as_str() => {
