@@ -21,6 +21,7 @@
 
 mod common;
 
+use common::UNTHROTTLED;
 use common::procs::Service;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -189,15 +190,8 @@ async fn soak_churn_returns_to_baseline_and_loses_nothing() {
     let connections = usize::try_from(env("SOAK_CONNECTIONS", 5000)).expect("count");
     let rooms = usize::try_from(env("SOAK_ROOMS", 50)).expect("count");
     raise_fd_limit();
-    let server = Service::standalone(&[
-        "--publish-rate",
-        "1000000",
-        "--publish-burst",
-        "1000000",
-        "--ip-publish-rate",
-        "1000000",
-        "--ip-publish-burst",
-        "1000000",
+    let mut args = UNTHROTTLED.to_vec();
+    args.extend([
         "--history-rate",
         "1000000",
         "--history-burst",
@@ -212,6 +206,7 @@ async fn soak_churn_returns_to_baseline_and_loses_nothing() {
         "--retention-count",
         "2000",
     ]);
+    let server = Service::standalone(&args);
     server.wait_ready(true).await;
     let url = server.ws_url("/ws");
     let pid = server.pid();
