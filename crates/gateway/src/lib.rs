@@ -29,7 +29,7 @@ pub use error::GatewayError;
 pub use http::{error_response, request_token, status_of};
 pub use hub::{Hub, Subscriber};
 pub use limits::Limits;
-pub use net::{Listener, Peer, TimedStream};
+pub use net::{Listener, Peer, TimedStream, bound_send_buffer};
 pub use ops::{demo_page, ops_routes};
 pub use pipeline::{PUBLISHES_IN_FLIGHT, Published};
 pub use ratelimit::{KeyedBuckets, TokenBucket};

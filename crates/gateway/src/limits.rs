@@ -15,6 +15,12 @@ pub struct Limits {
     pub publish_burst: f64,
     /// Events queued for one connection before it counts as a slow consumer.
     pub outbound_queue: usize,
+    /// Kernel send buffer of each client socket, bytes as Linux counts them
+    /// (`None`: the kernel autotunes it, up to `tcp_wmem`'s maximum). With
+    /// it bounded, a client that stops reading fills its socket after this
+    /// many bytes; then the outbound queue, and the slow-consumer close,
+    /// come soon after rather than megabytes later.
+    pub socket_send_buffer: Option<usize>,
     /// WebSocket ping interval; a peer silent for `ping_timeout` is dropped.
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
@@ -49,6 +55,7 @@ impl Default for Limits {
             publish_rate: 50.0,
             publish_burst: 100.0,
             outbound_queue: 1024,
+            socket_send_buffer: Some(256 * 1024),
             ping_interval: Duration::from_secs(20),
             ping_timeout: Duration::from_secs(45),
             sse_heartbeat: Duration::from_secs(15),

@@ -45,17 +45,25 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// `send_buffer`: see [`bound_send_buffer`].
     pub fn new(
         inner: TcpListener,
         write_timeout: Duration,
+        send_buffer: Option<usize>,
         front: FrontConfig,
     ) -> io::Result<Self> {
         let local = inner.local_addr()?;
         // Heads are read concurrently; this only bounds connections that
         // are admitted and not yet taken by hyper.
         let (to_hyper, admitted) = mpsc::channel(1024);
-        let accept = tokio::spawn(accept_loop(inner, write_timeout, Arc::new(front), to_hyper))
-            .abort_handle();
+        let accept = tokio::spawn(accept_loop(
+            inner,
+            write_timeout,
+            send_buffer,
+            Arc::new(front),
+            to_hyper,
+        ))
+        .abort_handle();
         Ok(Self {
             admitted,
             local,
@@ -74,6 +82,7 @@ impl Drop for Listener {
 async fn accept_loop(
     inner: TcpListener,
     write_timeout: Duration,
+    send_buffer: Option<usize>,
     front: Arc<FrontConfig>,
     to_hyper: mpsc::Sender<(FrontIo, Peer)>,
 ) {
@@ -90,6 +99,7 @@ async fn accept_loop(
                 if let Err(err) = stream.set_nodelay(true) {
                     tracing::debug!(%err, "TCP_NODELAY not set");
                 }
+                bound_send_buffer(&stream, send_buffer);
                 let stream = TimedStream::new(stream, write_timeout);
                 tokio::spawn(front::admit(
                     stream,
@@ -123,6 +133,20 @@ impl axum::serve::Listener for Listener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         Ok(Peer(self.local))
+    }
+}
+
+/// Caps the kernel send buffer of an accepted client socket at `bytes` as
+/// Linux counts them (it doubles what `SO_SNDBUF` is given, keeping half
+/// for its own bookkeeping, so half is asked for). Autotuned, the buffer
+/// of a client that stops reading grows to `tcp_wmem`'s maximum (4 MiB by
+/// default): per-connection memory no queue bound sees, and minutes of
+/// events before the outbound queue fills and the server notices a slow
+/// consumer. `None` leaves the kernel's choice.
+pub fn bound_send_buffer(stream: &TcpStream, bytes: Option<usize>) {
+    let Some(bytes) = bytes else { return };
+    if let Err(err) = socket2::SockRef::from(stream).set_send_buffer_size(bytes / 2) {
+        tracing::debug!(%err, bytes, "SO_SNDBUF not set");
     }
 }
 
@@ -226,5 +250,33 @@ impl AsyncWrite for TimedStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Linux reports twice what `SO_SNDBUF` was given: the cap asked for is
+    /// the size the kernel then accounts, not double it.
+    #[tokio::test]
+    async fn the_send_buffer_is_what_was_asked_for() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let autotuned = socket2::SockRef::from(&accepted)
+            .send_buffer_size()
+            .expect("SO_SNDBUF");
+        bound_send_buffer(&accepted, None);
+        assert_eq!(
+            socket2::SockRef::from(&accepted).send_buffer_size().ok(),
+            Some(autotuned)
+        );
+        bound_send_buffer(&accepted, Some(256 * 1024));
+        assert_eq!(
+            socket2::SockRef::from(&accepted).send_buffer_size().ok(),
+            Some(256 * 1024)
+        );
     }
 }

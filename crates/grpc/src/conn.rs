@@ -196,6 +196,7 @@ pub(crate) fn incoming(
     listener: TcpListener,
     idle_timeout: Duration,
     keepalive: Duration,
+    send_buffer: Option<usize>,
 ) -> impl futures::Stream<Item = io::Result<GrpcConn>> {
     futures::stream::unfold(listener, move |listener| async move {
         let (stream, remote) = loop {
@@ -216,6 +217,7 @@ pub(crate) fn incoming(
         };
         let accepted = {
             let _ = stream.set_nodelay(true);
+            switchboard_gateway::bound_send_buffer(&stream, send_buffer);
             let keepalive = socket2::TcpKeepalive::new().with_time(keepalive);
             if let Err(err) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
                 tracing::debug!(%err, "TCP keepalive not set");

@@ -90,6 +90,7 @@ pub async fn serve(
         .build_v1()?;
     let gateway_for_health = gateway.clone();
     let max = gateway.limits().max_frame_bytes;
+    let gateway_send_buffer = gateway.limits().socket_send_buffer;
     let chat = pb::chat_server::ChatServer::new(ChatApi::new(gateway.clone()))
         .max_decoding_message_size(max);
     let seed = pb::seed::chat_service_server::ChatServiceServer::new(SeedChat::new(gateway))
@@ -145,7 +146,12 @@ pub async fn serve(
         .add_service(chat)
         .add_service(seed)
         .serve_with_incoming_shutdown(
-            conn::incoming(listener, options.idle_timeout, options.keepalive_interval),
+            conn::incoming(
+                listener,
+                options.idle_timeout,
+                options.keepalive_interval,
+                gateway_send_buffer,
+            ),
             signal,
         )
         .await?;

@@ -192,6 +192,13 @@ pub struct LimitArgs {
     /// Events queued per connection before it is dropped as a slow consumer.
     #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
+    /// Kernel send buffer of every client socket (HTTP, WebSocket, SSE,
+    /// gRPC), as Linux counts it; 0 leaves the kernel's autotuning, which
+    /// lets a client that stops reading hold ~4 MiB and hide from the
+    /// outbound queue for minutes. Below ~128 KiB, loopback (a proxy on
+    /// the same host) gets one 64 KiB segment per delayed ACK: 1.6 MB/s.
+    #[arg(long, env = "SWITCHBOARD_SOCKET_SEND_BUFFER", default_value = "256KiB", value_parser = parse_bytes)]
+    pub socket_send_buffer: u64,
     /// WebSocket ping interval.
     #[arg(long, env = "SWITCHBOARD_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
     pub ping_interval: Duration,
@@ -307,6 +314,9 @@ impl LimitArgs {
             publish_rate: self.publish_rate,
             publish_burst: self.publish_burst,
             outbound_queue: self.outbound_queue,
+            socket_send_buffer: usize::try_from(self.socket_send_buffer)
+                .ok()
+                .filter(|&bytes| bytes > 0),
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             sse_heartbeat: self.sse_heartbeat,

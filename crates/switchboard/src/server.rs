@@ -162,13 +162,14 @@ pub async fn start(role: Role, args: &ServeArgs) -> Result<Server, StartError> {
         handshake_timeout: gateway.limits().handshake_timeout,
         native,
     };
-    let http = Listener::new(http, gateway.limits().ping_timeout, front).map_err(|source| {
-        StartError::Bind {
+    let limits = gateway.limits();
+    let http = Listener::new(http, limits.ping_timeout, limits.socket_send_buffer, front).map_err(
+        |source| StartError::Bind {
             what: "HTTP",
             addr: args.http_addr,
             source,
-        }
-    })?;
+        },
+    )?;
     let router = router(role, gateway.clone()).into_make_service_with_connect_info::<Peer>();
     let stop = shutdown.clone();
     tasks.spawn(async move {

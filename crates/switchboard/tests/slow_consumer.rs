@@ -236,6 +236,66 @@ async fn slow_consumer_is_dropped_with_4008_and_neighbours_get_everything() {
     );
 }
 
+/// A client that stops reading is noticed after a bounded number of bytes:
+/// the kernel send buffer of its socket is capped (`--socket-send-buffer`,
+/// 256 KiB), so its outbound queue fills and it is closed with 4008 long
+/// before the ~4 MiB loopback autotuning would let the kernel hold for it.
+/// Autotuned, 1 MB of events would vanish into that buffer and nobody
+/// would be dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_client_is_dropped_within_a_bounded_socket_buffer() {
+    const CAP: usize = 1000;
+    let server = TestServer::with_args(&[
+        "--outbound-queue",
+        "64",
+        "--publish-rate",
+        "100000",
+        "--publish-burst",
+        "100000",
+        // Long enough that the write-progress timeout cannot be what
+        // closes it.
+        "--ping-timeout",
+        "120s",
+        "--retention-count",
+        "1000",
+    ])
+    .await;
+    let drops_before = counter(&server, DROPS).await;
+    let mut stalled = small_buffer_client(&server, "/ws?user=stalled").await;
+    stalled.subscribe("stalled", None).await;
+    let mut publisher = server.ws("/ws?user=publisher").await;
+    let text = "y".repeat(1000);
+    let mut published = 0;
+    tokio::time::timeout(FLOOD_WAIT, async {
+        while counter(&server, DROPS).await <= drops_before {
+            assert!(
+                published < CAP,
+                "{CAP} events of 1 KB were published and the unread client was not dropped: its socket buffer is not bounded"
+            );
+            for _ in 0..10 {
+                let ack = publisher
+                    .publish("stalled", &text, &format!("s-{published}"))
+                    .await;
+                assert_eq!(ack["type"], "ack", "{ack}");
+                published += 1;
+            }
+        }
+    })
+    .await
+    .expect("dropped in time");
+    // It reads again: what was on its way, in order, then 4008.
+    let seen = drain(&mut stalled).await;
+    assert_eq!(seen.ended, Ended::Close(4008));
+    assert!(
+        seen.messages.len() < published,
+        "{} of {published}",
+        seen.messages.len()
+    );
+    for (i, message) in seen.messages.iter().enumerate() {
+        assert_eq!(message["id"], format!("s-{i}"), "a gap-free prefix");
+    }
+}
+
 /// A peer that stops answering pings is dropped and counted; one that
 /// keeps reading (and so answers pings) stays, however quiet it is.
 #[tokio::test(flavor = "multi_thread")]
