@@ -263,18 +263,31 @@ async fn write_loop<S: Socket>(
             item = queue.recv() => {
                 let Some(item) = item else { return };
                 delivery.accept_batch(item, &mut queue, WRITE_BATCH, control, &mut writes);
-                let events = encode(writer, &mut writes);
-                tokio::select! {
-                    written = tokio::time::timeout(write_timeout, writer.flush()) => {
-                        if !matches!(written, Ok(Ok(()))) {
-                            // A peer that does not read for that long is as good as gone.
-                            return;
+                // A resume's replay (up to a room's whole history) is
+                // encoded and flushed a batch at a time: the writer's
+                // buffer holds one batch, not megabytes for a client that
+                // may not be reading.
+                let mut stopped = None;
+                while !writes.is_empty() {
+                    let events = encode(writer, &mut writes);
+                    tokio::select! {
+                        written = tokio::time::timeout(write_timeout, writer.flush()) => {
+                            if !matches!(written, Ok(Ok(()))) {
+                                // A peer that does not read for that long is as good as gone.
+                                return;
+                            }
+                            delivery.delivered(events);
                         }
-                        delivery.delivered(events);
+                        // Closed while the socket was full (a slow consumer):
+                        // stop writing events and go straight to the close frame.
+                        reason = &mut closed => {
+                            stopped = Some(reason);
+                            break;
+                        }
                     }
-                    // Closed while the socket was full (a slow consumer):
-                    // stop writing events and go straight to the close frame.
-                    reason = &mut closed => break reason,
+                }
+                if let Some(reason) = stopped {
+                    break reason;
                 }
                 if writes.capacity() > 4 * WRITE_BATCH {
                     // A replay grew it; do not keep that per connection.
@@ -307,11 +320,12 @@ async fn write_loop<S: Socket>(
     let _ = tokio::time::timeout(CLOSE_GRACE, Box::pin(close(writer, reason))).await;
 }
 
-/// Encodes a batch into the writer's buffer: each event's JSON is the
-/// shared bytes encoded once for every subscriber. Returns the events.
+/// Encodes the first `WRITE_BATCH` writes into the writer's buffer: each
+/// event's JSON is the shared bytes encoded once for every subscriber.
+/// Returns the events.
 fn encode<S: Socket>(writer: &mut WsWriter<WriteHalf<S>>, writes: &mut Vec<Deliver>) -> u64 {
     let mut events = 0u64;
-    for write in writes.drain(..) {
+    for write in writes.drain(..writes.len().min(WRITE_BATCH)) {
         match write {
             Deliver::Event(event) => {
                 events += 1;
