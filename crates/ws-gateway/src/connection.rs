@@ -252,7 +252,7 @@ async fn write_loop<S: Socket>(
     let shutdown = gateway.shutdown().cancelled();
     tokio::pin!(closed, shutdown);
     let mut shutting_down = false;
-    let reason = loop {
+    let reason = 'connection: loop {
         tokio::select! {
             biased;
             reason = &mut closed => break reason,
@@ -267,7 +267,6 @@ async fn write_loop<S: Socket>(
                 // encoded and flushed a batch at a time: the writer's
                 // buffer holds one batch, not megabytes for a client that
                 // may not be reading.
-                let mut stopped = None;
                 while !writes.is_empty() {
                     let events = encode(writer, &mut writes);
                     tokio::select! {
@@ -280,14 +279,8 @@ async fn write_loop<S: Socket>(
                         }
                         // Closed while the socket was full (a slow consumer):
                         // stop writing events and go straight to the close frame.
-                        reason = &mut closed => {
-                            stopped = Some(reason);
-                            break;
-                        }
+                        reason = &mut closed => break 'connection reason,
                     }
-                }
-                if let Some(reason) = stopped {
-                    break reason;
                 }
                 if writes.capacity() > 4 * WRITE_BATCH {
                     // A replay grew it; do not keep that per connection.
