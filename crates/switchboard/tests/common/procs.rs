@@ -7,8 +7,13 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::collections::VecDeque;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// How many of a service's last log lines a failed wait prints, so a CI
+/// failure shows why (a flake at start cannot be rerun with logs on).
+const KEPT_LOG_LINES: usize = 30;
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
@@ -330,6 +335,7 @@ pub struct Service {
     pub http: SocketAddr,
     pub grpc: Option<SocketAddr>,
     child: Child,
+    recent_logs: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl Service {
@@ -378,6 +384,8 @@ impl Service {
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
         let name = role.to_owned();
+        let recent_logs = Arc::new(Mutex::new(VecDeque::with_capacity(KEPT_LOG_LINES)));
+        let kept = recent_logs.clone();
         std::thread::spawn(move || {
             let mut announced = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -387,6 +395,12 @@ impl Service {
                 }
                 if std::env::var_os("SWITCHBOARD_TEST_LOGS").is_some() {
                     eprintln!("[{name}] {line}");
+                }
+                if let Ok(mut kept) = kept.lock() {
+                    if kept.len() == KEPT_LOG_LINES {
+                        kept.pop_front();
+                    }
+                    kept.push_back(line);
                 }
             }
         });
@@ -404,7 +418,16 @@ impl Service {
             http: addr("http_addr").expect("http_addr"),
             grpc: addr("grpc_addr"),
             child,
+            recent_logs,
         }
+    }
+
+    /// The service's last log lines, one per line, for a failure message.
+    pub fn recent_logs(&self) -> String {
+        self.recent_logs
+            .lock()
+            .map(|lines| lines.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -471,8 +494,9 @@ impl Service {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{} readiness did not become {want}",
-                self.role
+                "{} readiness did not become {want}; its last log lines:\n{}",
+                self.role,
+                self.recent_logs()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
