@@ -92,3 +92,13 @@ log "deployment files (scripts/check-deploy.sh)"
 
 log "cargo test"
 cargo test --workspace --locked "$@"
+
+# The JavaScript SDK's suite (clients/js): `node --test` against the real
+# binary that `cargo test` just built, standalone and on NATS.
+log "JavaScript SDK (clients/js): npm ci && npm test"
+cargo build -p switchboard --bin switchboard --locked
+(
+  cd clients/js
+  npm ci --no-audit --no-fund --loglevel=error
+  SWITCHBOARD_BIN="${SWITCHBOARD_BIN:-$PWD/../../target/debug/switchboard}" npm test
+)

@@ -6,12 +6,14 @@
 //! addresses, so port 0 works for tests.
 //! [`config`] holds the typed, validated settings the binary's flags fill;
 //! [`bench`] the flags of the `bench` client tool (the generator itself is
-//! the `switchboard-bench` crate).
+//! the `switchboard-bench` crate); [`tools`] the flags of `chat`, `tail` and
+//! `publish` (the clients themselves are the `switchboard-cli` crate).
 
 pub mod bench;
 pub mod config;
 pub mod server;
 pub mod standalone;
+pub mod tools;
 
 /// Why a role could not start.
 #[derive(Debug, thiserror::Error)]

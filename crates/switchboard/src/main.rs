@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use switchboard::bench::BenchArgs;
 use switchboard::config::ServeArgs;
 use switchboard::server::{self, Role};
+use switchboard::tools::{ChatArgs, PublishArgs, TailArgs};
 use switchboard_bench::OutputFormat;
 use switchboard_telemetry::{LogFormat, Telemetry};
 
@@ -46,6 +47,13 @@ enum Command {
     /// Load generator against a running deployment (a client tool: no
     /// server flags): fanout, publish, idle or connect; JSON results.
     Bench(BenchArgs),
+    /// Interactive terminal chat in one room over WebSocket (a client
+    /// tool): lines typed are published, reconnects resume.
+    Chat(ChatArgs),
+    /// A room's events as JSON lines on stdout, for scripts (a client tool).
+    Tail(TailArgs),
+    /// Publish one message through the HTTP API (a client tool).
+    Publish(PublishArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,12 +64,43 @@ fn main() -> anyhow::Result<()> {
         Some(Command::WsGateway(args)) => (Role::WsGateway, args),
         Some(Command::SseGateway(args)) => (Role::SseGateway, args),
         Some(Command::Bench(args)) => return bench(&args),
+        Some(Command::Chat(args)) => {
+            return tool(async move { switchboard_cli::chat(args.options()?).await });
+        }
+        Some(Command::Tail(args)) => {
+            return tool(async move { switchboard_cli::tail(args.options()?).await });
+        }
+        Some(Command::Publish(args)) => {
+            return tool(async move {
+                let answer = switchboard_cli::publish(args.options()?).await?;
+                println!("{answer}");
+                Ok(())
+            });
+        }
         None => (Role::Standalone, cli.standalone),
     };
     cap_malloc_arenas();
     tokio::runtime::Runtime::new()
         .context("starting the Tokio runtime")?
         .block_on(run(role, args, cli.log_format))
+}
+
+/// Runs a terminal tool on a single-threaded runtime (one connection needs
+/// no more). Its error is printed as one line (no backtrace: it is the
+/// user's input or the server's answer, not a bug) with exit status 1.
+fn tool(
+    run: impl std::future::Future<Output = Result<(), switchboard_cli::CliError>>,
+) -> anyhow::Result<()> {
+    let outcome = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the Tokio runtime")?
+        .block_on(run);
+    if let Err(err) = outcome {
+        eprintln!("switchboard: {err}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// Runs one benchmark and prints its report: the JSON line on stdout and/or

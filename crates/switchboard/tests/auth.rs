@@ -3,8 +3,10 @@
 
 mod common;
 
+use common::sign_hs256 as sign;
+
 use common::{Ended, Sse, TestServer, WAIT, Ws};
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+
 use serde_json::{Value, json};
 use std::time::{SystemTime, UNIX_EPOCH};
 use switchboard_protocol::pb;
@@ -17,15 +19,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs()
-}
-
-fn sign(claims: &Value, secret: &str) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("token encodes")
 }
 
 /// A token for `sub` valid for a minute, with extra claims merged in.

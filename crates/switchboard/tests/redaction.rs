@@ -5,8 +5,9 @@
 
 mod common;
 
+use common::sign_hs256 as sign;
+
 use common::WAIT;
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -14,15 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const SECRET: &str = "redaction-test-secret-0123456789";
-
-fn sign(claims: &serde_json::Value, secret: &str) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("token encodes")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_not_logged_even_at_trace() {

@@ -153,13 +153,18 @@ impl TestServer {
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
-        let response = tokio::time::timeout(WAIT, reqwest::get(self.url(path)))
-            .await
-            .expect("GET answers in time")
-            .expect("GET sent");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        get_json_from(&self.url(""), path).await
     }
+}
+
+/// `GET base + path` as JSON (any server, e.g. a [`procs::Service`]).
+pub async fn get_json_from(base: &str, path: &str) -> (u16, Value) {
+    let response = tokio::time::timeout(WAIT, reqwest::get(format!("{base}{path}")))
+        .await
+        .expect("GET answers in time")
+        .expect("GET sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// A JSON WebSocket client.
@@ -371,4 +376,22 @@ pub async fn next_grpc<T>(stream: &mut tonic::Streaming<T>) -> T {
         .expect("gRPC item in time")
         .expect("gRPC stream healthy")
         .expect("gRPC stream open")
+}
+
+/// An HS256 JWT of `claims` signed with `secret`.
+pub fn sign_hs256(claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token encodes")
+}
+
+/// Seconds since the Unix epoch (for `exp` and `nbf` claims).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
 }

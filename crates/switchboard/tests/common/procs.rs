@@ -3,12 +3,12 @@
 //! Every wait is bounded; processes are killed when dropped.
 
 use super::WAIT;
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::collections::VecDeque;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// How many of a service's last log lines a failed wait prints, so a CI
@@ -361,14 +361,30 @@ impl Service {
         Self::spawn("standalone", None, extra, &[])
     }
 
+    /// [`Service::start`] on a given HTTP address: a restart where the
+    /// previous process listened, as a redeployed gateway would.
+    pub fn start_at(role: &str, nats_url: &str, http: SocketAddr, extra: &[&str]) -> Self {
+        Self::spawn_at(role, Some(nats_url), &http.to_string(), extra, &[])
+    }
+
     fn spawn(role: &str, nats_url: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_at(role, nats_url, "127.0.0.1:0", extra, env)
+    }
+
+    fn spawn_at(
+        role: &str,
+        nats_url: Option<&str>,
+        http: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
         command.arg(role);
         if let Some(url) = nats_url {
             command.args(["--nats-url", url]);
         }
         let mut child = command
-            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+            .args(["--http-addr", http, "--grpc-addr", "127.0.0.1:0"])
             .args(["--log-format", "json"])
             .args(extra)
             .env("RUST_LOG", "info")
