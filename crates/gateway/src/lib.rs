@@ -300,6 +300,14 @@ impl Gateway {
         self.slots.held()
     }
 
+    /// Returns once every client connection has ended. Connection tasks
+    /// are detached, so a graceful shutdown waits here for them to have
+    /// written their close frame (1012) or last SSE event before the
+    /// process exits.
+    pub async fn connections_closed(&self) {
+        self.slots.all_released().await;
+    }
+
     /// Opens the protocol session of an admitted connection; it keeps
     /// `slot` (its place and client address) for its life. The receiver
     /// is what its writer drains.

@@ -25,6 +25,9 @@ pub(crate) struct ConnectionSlots {
     total: AtomicUsize,
     per_ip: Vec<Mutex<HashMap<IpAddr, usize>>>,
     hasher: RandomState,
+    /// Woken when the last slot is released (graceful shutdown waits
+    /// for it).
+    all_released: tokio::sync::Notify,
 }
 
 /// One admitted connection's place under the caps; dropping it frees it.
@@ -48,6 +51,7 @@ impl ConnectionSlots {
             total: AtomicUsize::new(0),
             per_ip: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
+            all_released: tokio::sync::Notify::new(),
         })
     }
 
@@ -64,7 +68,7 @@ impl ConnectionSlots {
     ) -> Result<ConnectionSlot, GatewayError> {
         let claimed = self.total.fetch_add(1, Ordering::AcqRel);
         if claimed >= self.max_total {
-            self.total.fetch_sub(1, Ordering::AcqRel);
+            self.release_one();
             return Err(refuse(
                 "max_connections",
                 transport,
@@ -82,7 +86,7 @@ impl ConnectionSlots {
             let count = counts.entry(ip).or_insert(0);
             if *count >= self.max_per_ip {
                 drop(counts);
-                self.total.fetch_sub(1, Ordering::AcqRel);
+                self.release_one();
                 return Err(refuse(
                     "max_connections_per_ip",
                     transport,
@@ -103,6 +107,24 @@ impl ConnectionSlots {
     /// Connections holding a slot now.
     pub(crate) fn held(&self) -> usize {
         self.total.load(Ordering::Acquire)
+    }
+
+    fn release_one(&self) {
+        if self.total.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.all_released.notify_waiters();
+        }
+    }
+
+    /// Returns once no connection holds a slot (it may be at once).
+    pub(crate) async fn all_released(&self) {
+        loop {
+            // Created before the check: a release in between still wakes it.
+            let released = self.all_released.notified();
+            if self.held() == 0 {
+                return;
+            }
+            released.await;
+        }
     }
 }
 
@@ -127,7 +149,7 @@ impl Drop for ConnectionSlot {
                 }
             }
         }
-        self.slots.total.fetch_sub(1, Ordering::AcqRel);
+        self.slots.release_one();
     }
 }
 

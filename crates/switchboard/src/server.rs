@@ -64,7 +64,12 @@ impl Server {
     /// calls finish. Returns false if `grace` ran out first.
     pub async fn shutdown(mut self, grace: Duration) -> bool {
         self.gateway.drain();
-        let all_done = async { while self.tasks.join_next().await.is_some() {} };
+        let all_done = async {
+            while self.tasks.join_next().await.is_some() {}
+            // The connections' own tasks are not among `tasks`: without
+            // this the process could exit before they wrote their 1012.
+            self.gateway.connections_closed().await;
+        };
         let finished = tokio::time::timeout(grace, all_done).await.is_ok();
         if !finished {
             self.tasks.abort_all();
