@@ -1,7 +1,7 @@
 //! The core side: answers bus requests from every gateway (queue group,
 //! so replicas share the load) and is the only writer of JetStream.
 
-use crate::presence::{PresenceStore, Transition};
+use crate::presence::{ConnChange, PresenceStore, Transition};
 use crate::store::RoomLogs;
 use crate::subjects::Op;
 use crate::wire::{self, encode_error, encode_reply};
@@ -376,18 +376,17 @@ impl Inner {
                 }
                 let joining = op == Op::Join;
                 for (user, conns) in by_user {
-                    let transition = self
-                        .presence
-                        .update(&room, &user, |held, now| {
-                            for conn in &conns {
-                                if joining {
-                                    held.join(conn, now);
-                                } else {
-                                    held.leave(conn, now);
-                                }
+                    let changes = conns
+                        .into_iter()
+                        .map(|conn| {
+                            if joining {
+                                ConnChange::Join(conn)
+                            } else {
+                                ConnChange::Leave(conn)
                             }
                         })
-                        .await?;
+                        .collect();
+                    let transition = self.presence.change(&room, &user, changes).await?;
                     self.announce(&room, &user, transition).await?;
                 }
                 Ok(Reply::Done(true))
@@ -416,14 +415,8 @@ impl Inner {
         }
         let outcomes: Vec<Result<(), BusError>> = futures::stream::iter(by_member)
             .map(|((room, user), conns)| async move {
-                let transition = self
-                    .presence
-                    .update(&room, &user, |held, now| {
-                        for conn in &conns {
-                            held.refresh(conn, now);
-                        }
-                    })
-                    .await?;
+                let changes = conns.into_iter().map(ConnChange::Refresh).collect();
+                let transition = self.presence.change(&room, &user, changes).await?;
                 self.announce(&room, &user, transition).await
             })
             .buffer_unordered(REFRESH_PARALLEL)

@@ -281,6 +281,61 @@ async fn twenty_thousand_members_over_two_gateways() {
     }
 }
 
+/// One user with 1,000 connections over two gateways, all joining at
+/// once, then all leaving at once (a service account's workers, or a
+/// reconnect storm of one user's tabs): every change is accepted, the
+/// user is present once, and the log holds exactly one join and one
+/// leave. Before the core coalesced changes to one member, most joins
+/// competed for the same key and failed after their compare-and-set
+/// attempts ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connections_of_one_user_join_and_leave_at_once() {
+    const CONNS: usize = 1_000;
+    let dir = TempDir::new("presence-one-user");
+    let nats = Nats::start(&dir.0);
+    let core = Service::start("core", &nats.url(), &["--retention-count", "10000"]);
+    core.wait_ready(true).await;
+    let ttl = Duration::from_secs(30);
+    let gateways = [
+        gateway(&nats.url(), "gw-a", ttl).await,
+        gateway(&nats.url(), "gw-b", ttl).await,
+    ];
+    let room = RoomName::parse("crowd").expect("room");
+    let mut log = LogReader::start(&gateways[0], &room).await;
+    let changes = || {
+        (0..CONNS)
+            .map(|i| {
+                (
+                    gateways[i % 2].clone(),
+                    "bot".to_owned(),
+                    format!("conn-{i}"),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let failures = run_all(&room, true, changes()).await;
+    assert!(
+        failures.is_empty(),
+        "{} of {CONNS} joins failed: {:?}",
+        failures.len(),
+        &failures[..1]
+    );
+    assert_eq!(presence_settles(&gateways[1], &room, 1).await, ["bot"]);
+    log.read_until(1, 0).await;
+
+    let failures = run_all(&room, false, changes()).await;
+    assert!(
+        failures.is_empty(),
+        "{} of {CONNS} leaves failed: {:?}",
+        failures.len(),
+        &failures[..1]
+    );
+    assert!(presence_settles(&gateways[0], &room, 0).await.is_empty());
+    log.read_until(1, 1).await;
+    log.at_head(&gateways[1], &room).await;
+    assert_eq!(log.counts.get("bot"), Some(&(1, 1)));
+}
+
 /// A gateway that stops refreshing (crashed) loses its members within the
 /// TTL: both core replicas sweep, and each member still gets exactly one
 /// leave event. The other gateway's members stay.
