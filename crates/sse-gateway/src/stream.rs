@@ -95,6 +95,9 @@ pub(crate) struct EventStream {
     /// Reused from batch to batch, so a delivery allocates nothing.
     writes: Vec<Deliver>,
     finished: bool,
+    /// The cursor this stream resumed from, until its `subscribed` event
+    /// is encoded (see [`frame_to_sse`]).
+    resumed_from: Option<String>,
 }
 
 impl EventStream {
@@ -152,6 +155,7 @@ impl EventStream {
             pending: VecDeque::from([Bytes::from_static(RETRY_PREAMBLE)]),
             writes: Vec::new(),
             finished: false,
+            resumed_from: since.map(str::to_owned),
         })
     }
 
@@ -202,7 +206,14 @@ impl EventStream {
                     events += 1;
                     self.pending.push_back(event.sse_frame());
                 }
-                Deliver::Frame(frame) => self.pending.push_back(frame_to_sse(&frame)),
+                Deliver::Frame(frame) => {
+                    let resumed_from = match frame.as_ref() {
+                        ServerFrame::Subscribed { .. } => self.resumed_from.take(),
+                        _ => None,
+                    };
+                    self.pending
+                        .push_back(frame_to_sse(&frame, resumed_from.as_deref()));
+                }
             }
         }
         self.delivery.delivered(events);
@@ -225,18 +236,30 @@ impl EventStream {
         };
         if let Some((code, message)) = error {
             self.pending
-                .push_back(frame_to_sse(&ServerFrame::error(code, message)));
+                .push_back(frame_to_sse(&ServerFrame::error(code, message), None));
         }
         self.finished = true;
     }
 }
 
-/// Control frames as SSE events. `subscribed` carries the head cursor as
-/// its `id:`, so a reconnect before any event still resumes from there.
-fn frame_to_sse(frame: &ServerFrame) -> Bytes {
+/// Control frames as SSE events. `subscribed` carries an `id:` so that a
+/// reconnect before any event still resumes from the right place: the
+/// head cursor of a fresh subscription, but the cursor it resumed from
+/// (`resumed_from`) when the replay follows. Had it carried the head then,
+/// an `EventSource` cut during the replay would resume from the head and
+/// skip the rest of the replay. An unrecovered resume starts at the head.
+fn frame_to_sse(frame: &ServerFrame, resumed_from: Option<&str>) -> Bytes {
     let json = frame.to_json();
     let (name, id) = match frame {
-        ServerFrame::Subscribed { cursor, .. } => ("subscribed", Some(cursor.as_str())),
+        ServerFrame::Subscribed {
+            cursor, recovered, ..
+        } => {
+            let id = match resumed_from {
+                Some(since) if *recovered => since,
+                _ => cursor.as_str(),
+            };
+            ("subscribed", Some(id))
+        }
         ServerFrame::Error { .. } => ("error", None),
         ServerFrame::Unsubscribed { .. } => ("unsubscribed", None),
         _ => ("message", None),
