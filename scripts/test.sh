@@ -102,3 +102,9 @@ cargo build -p switchboard --bin switchboard --locked
   npm ci --no-audit --no-fund --loglevel=error
   SWITCHBOARD_BIN="${SWITCHBOARD_BIN:-$PWD/../../target/debug/switchboard}" npm test
 )
+
+# The examples (examples/): the Python (FastAPI, websockets, httpx,
+# grpcio) and Node (Express, grpc-js, the SDK) programs against the real
+# binary; the script installs their packages (PyPI venv, npm) itself.
+log "examples (examples/run-tests.sh)"
+./examples/run-tests.sh

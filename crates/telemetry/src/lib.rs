@@ -289,14 +289,19 @@ mod tests {
     #[test]
     fn installing_the_recorder_starts_the_upkeep_thread() {
         let _ = super::prometheus();
-        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
-            .expect("threads listed")
-            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-            .map(|name| name.trim().to_owned())
-            .collect();
-        assert!(
-            names.iter().any(|name| name == super::UPKEEP_THREAD),
-            "{names:?}"
-        );
+        // A new thread carries its parent's name until it sets its own.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+                .expect("threads listed")
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim().to_owned())
+                .collect();
+            if names.iter().any(|name| name == super::UPKEEP_THREAD) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{names:?}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }
